@@ -1,0 +1,147 @@
+"""RP-SAM2 inference: the shift block moves the first positive click, frozen SAM2 decodes.
+
+The paper trains and evaluates the shift block on the first click only (§4: shifting later clicks
+"will not yield significant boost"), so later clicks and all negative clicks pass as given.
+Without a shift block this is plain SAM2 and its version string says so.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from rpsam2_backend.engine.cache import EmbeddingCache
+from rpsam2_backend.engine.sam2_model import ImageFeatures, SAM2Engine
+from rpsam2_backend.engine.shift_block import ShiftBlock
+from rpsam2_backend.settings import config_stem
+
+
+def version_string(sam2_config: str, shift_version: str, decoder_version: str, random_weights: bool) -> str:
+    """What Label Studio shows as model_version: method, SAM2 size, shift and decoder versions.
+
+    e.g. ``rpsam2/sam2.1_hiera_l/shift-v0003/decoder-v0001``; plain SAM2 says ``sam2/...``.
+    """
+    parts = ["rpsam2" if shift_version else "sam2", config_stem(sam2_config)]
+    if shift_version:
+        parts.append(f"shift-{shift_version}")
+    if decoder_version:
+        parts.append(f"decoder-{decoder_version}")
+    if random_weights:
+        parts.append("RANDOM-WEIGHTS")
+    return "/".join(parts)
+
+
+@dataclass(frozen=True)
+class Click:
+    """A click in continuous pixel coordinates of the original image."""
+
+    x: float
+    y: float
+    positive: bool = True
+
+
+@dataclass
+class Segmentation:
+    mask: np.ndarray  # bool (H, W)
+    score: float  # SAM2's predicted IoU of the returned mask
+    refined_point: tuple[float, float] | None  # where the first click was moved to (px), if shifted
+    encoded: bool  # True when this call ran the image encoder (cache miss)
+
+
+class RPSAM2Predictor:
+    def __init__(
+        self,
+        engine: SAM2Engine,
+        shift_block: ShiftBlock | None = None,
+        cache: EmbeddingCache | None = None,
+        shift_version: str = "",
+        decoder_version: str = "",
+    ) -> None:
+        self.engine = engine
+        self.cache = cache if cache is not None else EmbeddingCache(0)
+        self._lock = threading.Lock()
+        self.shift_block: ShiftBlock | None = None
+        self.shift_version = ""
+        self.decoder_version = decoder_version
+        self.set_shift_block(shift_block, shift_version)
+
+    # --- versions --------------------------------------------------------------------------
+    def set_shift_block(self, block: ShiftBlock | None, version: str = "") -> None:
+        """Swap the live shift block (a promotion); in-flight calls keep the one they started with."""
+        if block is not None:
+            block = block.to(self.engine.device).eval()
+            for p in block.parameters():
+                p.requires_grad_(False)
+        with self._lock:
+            self.shift_block, self.shift_version = block, (version or "unversioned") if block else ""
+
+    @property
+    def version(self) -> str:
+        return version_string(
+            self.engine.config, self.shift_version, self.decoder_version, self.engine.random_weights
+        )
+
+    # --- features ----------------------------------------------------------------------------
+    def features(self, image: np.ndarray, image_key: str | None = None) -> tuple[ImageFeatures, bool]:
+        """Cached image features; ``image_key`` should be the content hash of the image bytes."""
+        if image_key is None:
+            return self.engine.encode(image), True
+        return self.cache.get_or_compute(image_key, lambda: self.engine.encode(image))
+
+    # --- the method ----------------------------------------------------------------------------
+    def refine(
+        self, features: ImageFeatures, points_px: torch.Tensor, block: ShiftBlock | None = None
+    ) -> torch.Tensor:
+        """Shift block on (B, 2) pixel points of one image (or B images); returns (B, 2) pixels.
+
+        Differentiable when grad is enabled (the trainer passes its own block)."""
+        block = block if block is not None else self.shift_block
+        if block is None:
+            return points_px
+        h, w = features.orig_hw
+        size = torch.tensor([w, h], dtype=points_px.dtype, device=points_px.device)
+        norm = points_px / size
+        ones = torch.ones(points_px.shape[0], 1, dtype=torch.int, device=points_px.device)
+        sparse, _ = self.engine.point_embeddings(points_px[:, None, :], ones, features.orig_hw)
+        refined = block(norm.to(self.engine.device), sparse[:, 0], features.image_embed)
+        return refined.to(points_px.device) * size
+
+    @torch.no_grad()
+    def segment(
+        self,
+        image: np.ndarray | None,
+        clicks: list[Click],
+        image_key: str | None = None,
+        features: ImageFeatures | None = None,
+    ) -> Segmentation:
+        if not clicks:
+            raise ValueError("segment() needs at least one click")
+        if not any(c.positive for c in clicks):
+            raise ValueError("segment() needs at least one positive click")
+        encoded = False
+        if features is None:
+            if image is None:
+                raise ValueError("segment() needs an image or its features")
+            features, encoded = self.features(image, image_key)
+        h, w = features.orig_hw
+        for c in clicks:
+            if not (0 <= c.x <= w and 0 <= c.y <= h):
+                raise ValueError(f"click ({c.x:.1f}, {c.y:.1f}) is outside the {w}x{h} image")
+
+        coords = torch.tensor([[c.x, c.y] for c in clicks], dtype=torch.float32)
+        labels = torch.tensor([1 if c.positive else 0 for c in clicks], dtype=torch.int)
+        with self._lock:
+            block = self.shift_block
+        refined_point = None
+        if block is not None:
+            first = next(i for i, c in enumerate(clicks) if c.positive)
+            moved = self.refine(features, coords[first : first + 1].to(self.engine.device), block)
+            coords[first] = moved[0].cpu()
+            refined_point = (float(coords[first, 0]), float(coords[first, 1]))
+        masks, scores = self.engine.decode_masks(
+            features, coords[None].to(self.engine.device), labels[None], multimask=len(clicks) == 1
+        )
+        return Segmentation(masks[0], float(scores[0]), refined_point, encoded)

@@ -1,0 +1,254 @@
+"""Frozen SAM2, split into the three calls the method needs: encode once, prompt, decode in batches.
+
+``SAM2ImagePredictor`` keeps one image as hidden state and wraps decoding in ``no_grad``; the
+backend caches features of many images and the trainer needs gradients through the prompt
+encoder, so we call SAM2's modules directly (the same steps ``set_image``/``_predict`` take).
+
+Coordinates are continuous pixel coordinates of the original image: pixel (row r, col c) covers
+[c, c+1) x [r, r+1); Label Studio's percent x maps to x/100*W.  SAM2 sees them as (x/W, y/H)*1024
+because its transform resizes to a square without keeping the aspect ratio.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rpsam2_backend.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# Backbone feature map sizes for a 1024 input (what SAM2ImagePredictor hard-codes too).
+_FEAT_SIZES = [(256, 256), (128, 128), (64, 64)]
+
+
+@dataclass
+class ImageFeatures:
+    """Everything the decoder needs of one (or B) encoded image(s)."""
+
+    image_embed: torch.Tensor  # (B, 256, 64, 64), no_mem_embed already added
+    high_res_feats: list[torch.Tensor]  # [(B, 32, 256, 256), (B, 64, 128, 128)]
+    orig_hw: tuple[int, int]
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [self.image_embed, *self.high_res_feats]
+        return sum(t.element_size() * t.numel() for t in tensors)
+
+    def to(self, device: str | torch.device) -> ImageFeatures:
+        return ImageFeatures(
+            self.image_embed.to(device), [t.to(device) for t in self.high_res_feats], self.orig_hw
+        )
+
+    def repeat(self, n: int) -> ImageFeatures:
+        """Repeat along the batch axis (to pair one image with n prompt sets without repeat_image)."""
+        return ImageFeatures(
+            self.image_embed.repeat_interleave(n, 0),
+            [t.repeat_interleave(n, 0) for t in self.high_res_feats],
+            self.orig_hw,
+        )
+
+    def state(self) -> dict:
+        """Plain tensors + size, for torch.save (disk cache) or pickling to another process."""
+        return {
+            "image_embed": self.image_embed.cpu(),
+            "high_res_feats": [t.cpu() for t in self.high_res_feats],
+            "orig_hw": tuple(self.orig_hw),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict, device: str | torch.device = "cpu") -> ImageFeatures:
+        return cls(
+            state["image_embed"].to(device),
+            [t.to(device) for t in state["high_res_feats"]],
+            tuple(state["orig_hw"]),
+        )
+
+
+def _load_sam2(config: str, checkpoint: str | None, device: str) -> torch.nn.Module:
+    from sam2.build_sam import build_sam2
+
+    try:
+        model = build_sam2(config, ckpt_path=None, device="cpu")
+    except Exception as exc:  # hydra's errors are long; keep the cause, name the setting
+        raise ConfigError(f"cannot build SAM2 from RPSAM2_SAM2_CONFIG={config!r}: {exc}") from exc
+    if checkpoint is not None:
+        try:
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ConfigError(f"cannot read SAM2 checkpoint {checkpoint}: {exc}") from exc
+        state = state.get("model", state) if isinstance(state, dict) else state
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ConfigError(
+                f"SAM2 checkpoint {checkpoint} does not match config {config}: "
+                f"{len(missing)} missing keys (e.g. {missing[:3]}), "
+                f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+            )
+    return model.to(device).eval()
+
+
+class SAM2Engine:
+    """One frozen SAM2 model on one device; counts encoder calls so tests and /metrics can see caching."""
+
+    def __init__(self, model: torch.nn.Module, config: str, checkpoint: str | None, device: str) -> None:
+        from sam2.utils.transforms import SAM2Transforms
+
+        self.model = model
+        self.config = config
+        self.checkpoint = checkpoint
+        self.device = torch.device(device)
+        self.image_size = int(model.image_size)
+        self._transforms = SAM2Transforms(resolution=self.image_size, mask_threshold=0.0)
+        self.encode_count = 0
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @classmethod
+    def build(cls, config: str, checkpoint: str | None, device: str = "cpu") -> SAM2Engine:
+        if checkpoint is None:
+            log.warning(
+                "SAM2 built with RANDOM WEIGHTS (RPSAM2_ALLOW_RANDOM_WEIGHTS=1): masks are meaningless; "
+                "for tests and smoke runs only"
+            )
+        elif not Path(checkpoint).is_file():
+            raise ConfigError(f"SAM2 checkpoint {checkpoint} does not exist")
+        model = _load_sam2(config, checkpoint, device)
+        log.info("SAM2 ready: config=%s checkpoint=%s device=%s", config, checkpoint, device)
+        return cls(model, config, checkpoint, device)
+
+    @property
+    def random_weights(self) -> bool:
+        return self.checkpoint is None
+
+    # ---------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, image: np.ndarray) -> ImageFeatures:
+        """Run the image encoder once. ``image``: RGB uint8 HxWx3."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] == 0 or image.shape[1] == 0:
+            raise ValueError(f"expected an RGB image HxWx3, got shape {image.shape}")
+        orig_hw = (int(image.shape[0]), int(image.shape[1]))
+        batch = self._transforms(image)[None].to(self.device)
+        return self._encode_tensor(batch, orig_hw)
+
+    def _encode_tensor(self, batch: torch.Tensor, orig_hw: tuple[int, int]) -> ImageFeatures:
+        self.encode_count += batch.shape[0]
+        backbone_out = self.model.forward_image(batch)
+        _, vision_feats, _, _ = self.model._prepare_backbone_features(backbone_out)
+        if self.model.directly_add_no_mem_embed:
+            vision_feats[-1] = vision_feats[-1] + self.model.no_mem_embed
+        b = batch.shape[0]
+        feats = [
+            feat.permute(1, 2, 0).reshape(b, -1, *size)
+            for feat, size in zip(vision_feats[::-1], _FEAT_SIZES[::-1], strict=True)
+        ][::-1]
+        return ImageFeatures(feats[-1], feats[:-1], orig_hw)
+
+    # ---------------------------------------------------------------------------------------
+    def to_model_frame(self, coords_px: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
+        h, w = orig_hw
+        scale = torch.tensor([self.image_size / w, self.image_size / h], device=coords_px.device)
+        return coords_px * scale
+
+    def point_embeddings(
+        self, coords_px: torch.Tensor, labels: torch.Tensor, orig_hw: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAM2 prompt encoder on points (B,N,2) px -> sparse (B,N+1,256), dense embeddings."""
+        coords = self.to_model_frame(coords_px.to(self.device), orig_hw)
+        return self.model.sam_prompt_encoder(
+            points=(coords, labels.to(self.device, torch.int)), boxes=None, masks=None
+        )
+
+    def decode_logits(
+        self,
+        features: ImageFeatures,
+        coords_px: torch.Tensor,
+        labels: torch.Tensor,
+        multimask: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode B prompt sets in ONE decoder call; differentiable w.r.t. ``coords_px``.
+
+        ``features`` holds either one image (shared by all B prompt sets) or B images.
+        Returns low-res logits (B, C, 256, 256) and predicted IoU (B, C); C = 3 if multimask else 1.
+        """
+        if coords_px.ndim != 3 or coords_px.shape[-1] != 2:
+            raise ValueError(f"coords must be (B, N, 2), got {tuple(coords_px.shape)}")
+        b_img = features.image_embed.shape[0]
+        b = coords_px.shape[0]
+        if b_img not in (1, b):
+            raise ValueError(f"features hold {b_img} images but {b} prompt sets were given")
+        sparse, dense = self.point_embeddings(coords_px, labels, features.orig_hw)
+        low_res, iou, _, _ = self.model.sam_mask_decoder(
+            image_embeddings=features.image_embed,
+            image_pe=self.model.sam_prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+            repeat_image=b_img == 1 and b > 1,
+            high_res_features=features.high_res_feats,
+        )
+        return low_res, iou
+
+    @staticmethod
+    def upsample(low_res_logits: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
+        return F.interpolate(low_res_logits, size=orig_hw, mode="bilinear", align_corners=False)
+
+    @torch.no_grad()
+    def decode_masks(
+        self,
+        features: ImageFeatures,
+        coords_px: torch.Tensor,
+        labels: torch.Tensor,
+        multimask: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Binary masks (B, H, W) at the original size and their predicted IoU (B,).
+
+        With ``multimask`` the mask with the best predicted IoU is kept (SAM's rule for one click).
+        Only the kept channel is upsampled: upsampling is most of the cost for big images.
+        """
+        low_res, iou = self.decode_logits(features, coords_px, labels, multimask)
+        best = iou.argmax(dim=1)
+        rows = torch.arange(low_res.shape[0], device=low_res.device)
+        chosen = low_res[rows, best][:, None]
+        masks = self.upsample(chosen, features.orig_hw)[:, 0] > 0
+        return masks.cpu().numpy(), iou[rows, best].float().cpu().numpy()
+
+
+DECODER_WEIGHTS_FILE = "mask_decoder.safetensors"
+
+
+class DecoderSwapper:
+    """Swaps SAM2's mask decoder weights between the released ones and a fine-tuned (SAM2-FT) version."""
+
+    def __init__(self, engine: SAM2Engine) -> None:
+        self.engine = engine
+        self._base = {k: v.detach().clone() for k, v in engine.model.sam_mask_decoder.state_dict().items()}
+
+    def load(self, directory: str | Path | None) -> None:
+        from safetensors.torch import load_file
+
+        decoder = self.engine.model.sam_mask_decoder
+        if directory is None:
+            decoder.load_state_dict(self._base)
+            return
+        weights = Path(directory) / DECODER_WEIGHTS_FILE
+        if not weights.is_file():
+            raise FileNotFoundError(f"{directory} is not a decoder checkpoint (no {DECODER_WEIGHTS_FILE})")
+        decoder.load_state_dict(load_file(str(weights), device=str(self.engine.device)))
+
+
+def save_decoder(decoder: torch.nn.Module, directory: str | Path) -> Path:
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in decoder.state_dict().items()},
+        str(directory / DECODER_WEIGHTS_FILE),
+    )
+    return directory

