@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Protocol
+from typing import Protocol
 
 from rpsam2_backend.errors import BackendError
 from rpsam2_backend.settings import Settings
@@ -52,7 +53,14 @@ class InlineDispatcher:
         self._background.submit(run)
 
     def health(self) -> dict:
-        return {"mode": "inline"}
+        from rpsam2_backend import runtime  # inline mode: torch is loaded here anyway
+        from rpsam2_backend.metrics import runtime_stats
+
+        rt = runtime._runtime  # only report a runtime that exists; never build one for /health
+        if rt is None:
+            return {"mode": "inline", "workers": []}
+        stats = {"name": "inline", "queues": [], **runtime_stats(rt)}
+        return {"mode": "inline", "workers": [stats], "model_versions": [stats["version"]]}
 
 
 def make_dispatcher(settings: Settings) -> Dispatcher:

@@ -15,12 +15,14 @@ import base64
 import hmac
 import logging
 
-from flask import Flask, jsonify, request
+from flask import Flask, Response, jsonify, request
 from label_studio_ml import api as lsml_api
 from label_studio_ml.exceptions import AnswerException
 from label_studio_ml.model import LabelStudioMLManager
 
 from rpsam2_backend.errors import BackendError, BadRequest
+from rpsam2_backend.jobs import SEGMENT_JOB
+from rpsam2_backend.metrics import BackendMetrics, MeteredDispatcher
 from rpsam2_backend.model import RPSAM2Model
 from rpsam2_backend.settings import Settings
 from rpsam2_backend.web_state import WebState, set_web_state
@@ -116,17 +118,32 @@ def create_app(settings: Settings, warm: bool = True, state: WebState | None = N
     # Auth before JSON checks; both before label-studio-ml's own handlers.
     app.before_request_funcs[None][:0] = [lambda: _check_basic_auth(settings), _check_json]
 
+    if not isinstance(state.dispatcher, MeteredDispatcher):
+        metered = MeteredDispatcher(state.dispatcher, BackendMetrics(state.dispatcher.health), SEGMENT_JOB)
+        state.dispatcher = metered
+    metrics = state.dispatcher.metrics
+
     def health():
+        # Always 200 while this process serves: Label Studio only needs an answer, and a Redis
+        # outage shows here ("redis": "down") instead of making the backend look gone.
+        dispatch = state.dispatcher.health()
         return jsonify(
             {
                 "status": "UP",
                 "model_version": state.model_version,
                 "model_dir": settings.model_dir,
-                "dispatch": state.dispatcher.health(),
+                "redis": dispatch.get("redis", "unused"),
+                "model_versions": dispatch.get("model_versions", []),
+                "dispatch": dispatch,
             }
         )
 
+    def prometheus_metrics():
+        body, content_type = metrics.render()
+        return Response(body, mimetype=content_type.split(";")[0], content_type=content_type)
+
     app.view_functions["health"] = health
+    app.view_functions["metrics"] = prometheus_metrics
 
     @app.errorhandler(BadRequest)
     def _bad_request(exc: BadRequest):

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Mapping
 
 from rpsam2_backend.errors import ConfigError
 
@@ -83,10 +83,16 @@ class Settings:
     predict_timeout: float = field(default=10.0, metadata={"env": "RPSAM2_PREDICT_TIMEOUT"})
     click_queue: str = field(default="rpsam2-click", metadata={"env": "RPSAM2_CLICK_QUEUE"})
     train_queue: str = field(default="rpsam2-train", metadata={"env": "RPSAM2_TRAIN_QUEUE"})
+    worker_queues: str = field(default="click", metadata={"env": "RPSAM2_WORKER_QUEUES"})
+    job_timeout: int = field(default=120, metadata={"env": "RPSAM2_JOB_TIMEOUT"})
+    result_ttl: int = field(default=300, metadata={"env": "RPSAM2_RESULT_TTL"})
+    failure_ttl: int = field(default=86400, metadata={"env": "RPSAM2_FAILURE_TTL"})
+    redis_timeout: float = field(default=2.0, metadata={"env": "RPSAM2_REDIS_TIMEOUT"})
+    worker_heartbeat: float = field(default=2.0, metadata={"env": "RPSAM2_WORKER_HEARTBEAT"})
 
     # ------------------------------------------------------------------------------------------
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         values = {}
         for f in fields(cls):
@@ -106,7 +112,7 @@ class Settings:
             values["label_studio_url"] = env["LABEL_STUDIO_HOST"].strip()
         return cls(**values)
 
-    def with_(self, **changes: object) -> "Settings":
+    def with_(self, **changes: object) -> Settings:
         return replace(self, **changes)
 
     @property

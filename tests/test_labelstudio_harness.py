@@ -62,11 +62,12 @@ def _controls() -> Controls:
     image = root.find(".//Image")
     click = root.find(".//KeyPointLabels[@smart='true']")
     brush = root.find(".//BrushLabels")
-    assert image is not None and click is not None and brush is not None, "config lacks Image/smart keypoints/brush"
+    assert image is not None and click is not None and brush is not None, "need Image, smart keypoints, brush"
     brush_labels = {label.get("value") for label in brush.iter("Label")}
     label = next(lb.get("value") for lb in click.iter("Label") if lb.get("value") in brush_labels)
     return Controls(
-        config, image.get("value").lstrip("$"), click.get("name"), brush.get("name"), brush.get("toName"), label
+        config=config, image_key=image.get("value").lstrip("$"), click_name=click.get("name"),
+        brush_name=brush.get("name"), to_name=brush.get("toName"), label=label,
     )
 
 
@@ -99,8 +100,9 @@ def _new_project(ls: LabelStudioServer, title: str) -> int:
 def _click(x_pct: float, y_pct: float, width: int, height: int, positive: bool = True) -> dict:
     """A smart keypoint click as the Label Studio editor puts it into `context.result`."""
     return {
-        "id": "click-1", "type": "keypointlabels", "from_name": CONTROLS.click_name, "to_name": CONTROLS.to_name,
-        "origin": "manual", "original_width": width, "original_height": height, "image_rotation": 0,
+        "id": "click-1", "type": "keypointlabels", "origin": "manual",
+        "from_name": CONTROLS.click_name, "to_name": CONTROLS.to_name,
+        "original_width": width, "original_height": height, "image_rotation": 0,
         "is_positive": positive,
         "value": {"x": x_pct, "y": y_pct, "width": 0.6, "keypointlabels": [CONTROLS.label]},
     }
@@ -111,7 +113,9 @@ def _brush_result(mask: np.ndarray) -> dict:
     return {
         "from_name": CONTROLS.brush_name, "to_name": CONTROLS.to_name, "type": "brushlabels",
         "original_width": width, "original_height": height, "image_rotation": 0,
-        "value": {"format": "rle", "rle": mask2rle(mask.astype(np.uint8) * 255), "brushlabels": [CONTROLS.label]},
+        "value": {
+            "format": "rle", "rle": mask2rle(mask.astype(np.uint8) * 255), "brushlabels": [CONTROLS.label]
+        },
     }
 
 
@@ -171,7 +175,9 @@ def test_local_files_are_served_once_a_storage_covers_them(ls: LabelStudioServer
     assert served.content == image_file.read_bytes()
 
 
-def test_connecting_a_backend_calls_health_then_setup(ls: LabelStudioServer, recorder: MLBackendRecorder) -> None:
+def test_connecting_a_backend_calls_health_then_setup(
+    ls: LabelStudioServer, recorder: MLBackendRecorder
+) -> None:
     project = _new_project(ls, "connect")
     ml_id = ls.api.connect_ml_backend(project, recorder.url, title="RP-SAM2")
 
@@ -179,7 +185,7 @@ def test_connecting_a_backend_calls_health_then_setup(ls: LabelStudioServer, rec
     assert paths[:2] == [("GET", "/health"), ("POST", "/setup")]
     setup = recorder.requests("/setup")[0]
     assert setup.body["project"].startswith(f"{project}.")
-    assert setup.body["schema"] == CONTROLS.config
+    assert setup.body["schema"] == CONTROLS.config.strip()  # Label Studio strips the stored config
     assert setup.body["hostname"] == ls.url
     assert setup.body["access_token"] == ls.token
     assert all("Authorization" not in r.headers for r in recorder.requests())
@@ -219,7 +225,7 @@ def test_interactive_annotating_forwards_the_click_and_returns_the_brush(
         predict = rec.wait_for("/predict")
     assert predict.method == "POST"
     assert predict.body["params"]["context"] == context
-    assert predict.body["label_config"] == CONTROLS.config
+    assert predict.body["label_config"] == CONTROLS.config.strip()  # Label Studio strips the stored config
     assert predict.body["project"].startswith(f"{project}.")
     (task,) = predict.body["tasks"]
     assert task["id"] == task_id

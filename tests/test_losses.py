@@ -126,6 +126,16 @@ def test_bilinear_value_on_soft_mask_by_hand():
     assert mask_value_at(point, mask[None]).item() == pytest.approx(0.46, abs=1e-6)
 
 
+def test_object_touching_the_border_reads_full_value_at_the_image_edge():
+    mask = torch.tensor(MASK_4x4, dtype=torch.float32)
+    # (0, 1) normalised is the bottom-left corner of the image, half a pixel beyond the centre of
+    # (row 3, col 0) == 1: the border pixel extends to the edge (with zero padding it would read 0.25).
+    corner = torch.tensor([[0.0, 1.0]])
+    assert mask_value_at(corner, mask[None]).item() == pytest.approx(1.0, abs=1e-6)
+    # bottom edge between col 0 and col 1 centres: x' = 0.5, y' = 3.5 -> 0.5*M[3,0] + 0.5*M[3,1] = 1
+    assert mask_value_at(torch.tensor([[0.25, 1.0]]), mask[None]).item() == pytest.approx(1.0, abs=1e-6)
+
+
 def test_outside_loss_inside_point_is_zero_and_far_outside_is_capped():
     mask = torch.tensor(MASK_4x4, dtype=torch.float32)
     # between the centres of (row 1, col 1), (1, 2): all neighbours read at Δy=0 are 1

@@ -97,20 +97,32 @@ def _encode_runs(count: int, lengths: np.ndarray, values: np.ndarray) -> list[in
     return list(packed)
 
 
-def _run_starts(flat: np.ndarray, chunk: int = 1 << 18) -> np.ndarray:
+def _run_starts(flat: np.ndarray) -> np.ndarray:
     """Indices where the foreground flag (nonzero) changes, plus 0.
 
-    Raw values are compared first (for bool and 0/255 masks that is already the answer, with no
-    ``!= 0`` pass over the image) and the few candidates are then checked on the flag.  Done in
-    cache-sized chunks: whole-image temporaries are fresh mmaps whose page faults cost several
-    times the comparisons themselves.
+    Neighbouring pixels are compared eight at a time (the bytes shifted by one, viewed as uint64),
+    which touches the image once with no image-sized temporaries; only the few words that differ
+    are split into bytes.  Raw values are compared, so candidates are then checked on the flag
+    (for bool and 0/255 masks they are already exact).
     """
     if flat.dtype == np.bool_:
         flat = flat.view(np.uint8)
+    elif flat.dtype != np.uint8:
+        flat = (flat != 0).view(np.uint8)
+    flat = np.ascontiguousarray(flat)
+    n = flat.size
+    words = (n - 1) // 8
     found = [np.zeros(1, dtype=np.int64)]
-    for start in range(0, flat.size - 1, chunk):
-        piece = flat[start : start + chunk + 1]
-        found.append(np.flatnonzero(piece[1:] != piece[:-1]) + (start + 1))
+    if words:
+        after = flat[1 : 1 + 8 * words].view(np.uint64)
+        before = flat[: 8 * words].view(np.uint64)
+        hit = np.flatnonzero(after != before)
+        if hit.size:
+            # Byte order of the uint8 view is memory order, whatever the machine's endianness.
+            row, lane = np.nonzero((after[hit] ^ before[hit]).view(np.uint8).reshape(-1, 8))
+            found.append(hit[row] * 8 + lane + 1)
+    tail = np.arange(8 * words + 1, n)
+    found.append(tail[flat[tail] != flat[tail - 1]])
     candidates = np.concatenate(found)
     flag = flat[candidates] != 0
     keep = np.ones(candidates.size, dtype=bool)

@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 import requests
 from PIL import Image
+from urllib3.exceptions import ReadTimeoutError
 
 from rpsam2_backend.errors import BadRequest, ImageError
 from rpsam2_backend.settings import Settings
@@ -39,7 +40,9 @@ log = logging.getLogger(__name__)
 
 UPLOAD_PREFIX = "/data/upload/"
 LOCAL_FILES_PREFIX = "/data/local-files/"
-CLOUD_SCHEMES = {"s3", "gs", "gcs", "azure-blob", "azure", "az", "wasb", "wasbs", "abfs", "abfss", "minio", "r2"}
+CLOUD_SCHEMES = {
+    "s3", "gs", "gcs", "azure-blob", "azure", "az", "wasb", "wasbs", "abfs", "abfss", "minio", "r2",
+}
 _CHUNK = 1 << 16
 # Query parameters that carry credentials (pre-signed URLs): their values never reach a message.
 _SECRET_PARAM = re.compile(r"sig|token|key|credential|auth|password|secret|policy", re.IGNORECASE)
@@ -106,9 +109,10 @@ class ImageLoader:
                 return self._fetch(url)
             if scheme in CLOUD_SCHEMES:
                 raise ImageError(
-                    f"cannot read {scheme}:// URL {redact_url(url)!r}: cloud storage URLs must be resolved by "
-                    f"Label Studio. The backend holds no cloud credentials; in the project's Cloud Storage "
-                    f"settings enable 'Use pre-signed URLs' so tasks reach the backend as http(s) links"
+                    f"cannot read {scheme}:// URL {redact_url(url)!r}: cloud storage URLs must be "
+                    f"resolved by Label Studio. The backend holds no cloud credentials; in the project's "
+                    f"Cloud Storage settings enable 'Use pre-signed URLs' so tasks reach the backend as "
+                    f"http(s) links"
                 )
             if scheme or not url.startswith("/"):
                 raise ImageError(
@@ -118,7 +122,8 @@ class ImageLoader:
             if parts.path.startswith(LOCAL_FILES_PREFIX) or parts.path == LOCAL_FILES_PREFIX.rstrip("/"):
                 return self._local_file(parts.query, url)
             if parts.path.startswith(UPLOAD_PREFIX) and self.upload_dir:
-                local = self._under_root(Path(self.upload_dir), unquote(parts.path[len(UPLOAD_PREFIX) :]), url)
+                relative = unquote(parts.path[len(UPLOAD_PREFIX) :])
+                local = self._under_root(Path(self.upload_dir), relative, url)
                 if local.is_file():
                     return self._read_file(local), str(local)
             return self._fetch_from_label_studio(url)
@@ -186,14 +191,19 @@ class ImageLoader:
         """``root / relative``, refusing absolute paths, ``..`` and symlinks that leave the root."""
         candidate = Path(relative)
         if not relative or candidate.is_absolute() or relative.startswith(("/", "\\")) or "\0" in relative:
-            raise ImageError(f"refusing image path {relative!r} from {redact_url(url)!r}: not relative", status=403)
+            raise ImageError(
+                f"refusing image path {relative!r} from {redact_url(url)!r}: not a relative path", status=403
+            )
         if ".." in candidate.parts or ".." in relative.replace("\\", "/").split("/"):
-            raise ImageError(f"refusing image path {relative!r}: '..' leaves the allowed directory", status=403)
+            raise ImageError(
+                f"refusing image path {relative!r}: '..' leaves the allowed directory", status=403
+            )
         real_root = Path(os.path.realpath(root))
         real = Path(os.path.realpath(real_root / candidate))
         if real != real_root and real_root not in real.parents:
             raise ImageError(
-                f"refusing image path {relative!r}: it resolves (through a link) outside the allowed directory",
+                f"refusing image path {relative!r}: it resolves (through a link) outside the allowed "
+                f"directory",
                 status=403,
             )
         return real
@@ -221,10 +231,12 @@ class ImageLoader:
     # --- HTTP -----------------------------------------------------------------------------------
     def _fetch_from_label_studio(self, path: str) -> tuple[bytes, str]:
         if not self.label_studio_url:
+            upload_hint = ""
+            if path.startswith(UPLOAD_PREFIX):
+                upload_hint = ", or set RPSAM2_UPLOAD_DIR to Label Studio's upload folder"
             raise ImageError(
                 f"image {redact_url(path)!r} is a Label Studio path, but LABEL_STUDIO_URL is not set: set it "
-                f"(and LABEL_STUDIO_API_KEY) so the backend can download task images"
-                + (f", or set RPSAM2_UPLOAD_DIR to Label Studio's upload folder" if path.startswith(UPLOAD_PREFIX) else "")
+                f"(and LABEL_STUDIO_API_KEY) so the backend can download task images{upload_hint}"
             )
         return self._fetch(self.label_studio_url + path)
 
@@ -260,13 +272,15 @@ class ImageLoader:
                             status=504,
                         )
                     chunks.append(chunk)
-        except requests.Timeout:
+        except (requests.Timeout, requests.ConnectionError) as exc:
+            # A read timeout while streaming the body surfaces as ConnectionError(ReadTimeoutError).
+            if isinstance(exc, requests.Timeout) or any(isinstance(a, ReadTimeoutError) for a in exc.args):
+                raise ImageError(
+                    f"timed out after {self.timeout:g} s fetching {shown} (RPSAM2_FETCH_TIMEOUT)", status=504
+                ) from None
             raise ImageError(
-                f"timed out after {self.timeout:g} s fetching {shown} (RPSAM2_FETCH_TIMEOUT)", status=504
+                f"cannot reach {shown} ({type(exc).__name__}): is the host up and reachable?", status=502
             ) from None
-        except requests.ConnectionError as exc:
-            reason = type(exc).__name__
-            raise ImageError(f"cannot reach {shown} ({reason}): is the host up and reachable?", status=502) from None
         except requests.RequestException as exc:
             raise ImageError(f"fetching {shown} failed: {type(exc).__name__}", status=502) from None
         log.debug("fetched %s (%d bytes)", shown, total)

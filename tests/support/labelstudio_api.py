@@ -21,7 +21,9 @@ class LabelStudioAPIError(AssertionError):
 
 
 class LabelStudioAPI:
-    def __init__(self, url: str, session: requests.Session, diagnostics: Callable[[], str] | None = None) -> None:
+    def __init__(
+        self, url: str, session: requests.Session, diagnostics: Callable[[], str] | None = None
+    ) -> None:
         self.url = url.rstrip("/")
         self.session = session
         self._diagnostics = diagnostics or (lambda: "")
@@ -134,7 +136,8 @@ class LabelStudioAPI:
         return self.request("GET", f"/api/tasks/{task_id}/annotations")
 
     def list_predictions(self, task_id: int | None = None, project_id: int | None = None) -> list[dict]:
-        params = {key: value for key, value in (("task", task_id), ("project", project_id)) if value is not None}
+        pairs = (("task", task_id), ("project", project_id))
+        params = {key: value for key, value in pairs if value is not None}
         return self.request("GET", "/api/predictions", params=params)
 
     def retrieve_predictions(self, project_id: int, task_ids: list[int] | None = None) -> dict:

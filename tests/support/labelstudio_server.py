@@ -1,10 +1,60 @@
 """A real Label Studio server (label-studio 1.23.2, own venv) for end-to-end tests.
 
-PROTOCOL_FACTS_PLACEHOLDER
+Protocol facts, label-studio 1.23.2, checked against this server with a recording stub backend
+(tests/test_labelstudio_harness.py guards them; source: label_studio/ml/{api_connector,models}.py):
+
+- Calls to the ML backend carry NO Authorization header (only `User-Agent: heartex/<ver>`), unless
+  the backend was added with auth_method=BASIC_AUTH (then HTTP Basic on every call). Timeouts:
+  connect 1 s; /health 1 s, /setup 3 s, /predict 100 s (ML_TIMEOUT_* env vars).
+- GET /health: any 2xx with a JSON body counts as up; {"status": "UP"} is NOT required. Non-2xx or
+  no answer -> backend state "Disconnected". LS re-runs /health + /setup on connect (3x), on every
+  GET /api/ml/{id} and before every batch predict.
+- POST /setup body: {"project": "<project id>.<created_at unix ts>", "schema": <label config,
+  stripped>, "hostname": LABEL_STUDIO_HOST or "http://localhost:<port>", "access_token": <legacy API
+  token of the project's creator>, "extra_params": null}. Reply {"model_version": "..."}: LS stores
+  it as the backend's model_version (auto_update). Non-2xx -> state "Error" with the requests error
+  text. The project's own model_version becomes the backend *title* when first connected.
+- POST /predict body: {"tasks": [task, ...], "project": "<id>.<ts>", "label_config": ...,
+  "params": {"login": null, "password": null, "context": <ctx or null>}}; `context` sits in params.
+  * Interactive (POST /api/ml/{id}/interactive-annotating {"task": id, "context": {...}}; the
+    editor sends context {"result": [serialized smart regions]} = every dynamic region of the same
+    type and label on that image, each keypoint like {"id", "type": "keypointlabels", "from_name",
+    "to_name", "origin", "original_width", "original_height", "image_rotation", "is_positive",
+    "value": {"x" %, "y" %, "width", "keypointlabels": [label], "labels"}}; read from the bundled
+    editor source, not driven from a browser here): one task, expanded with
+    "annotations", "predictions", "drafts". LS answers the caller HTTP 200 {"data": results[0]}
+    verbatim (the editor uses only data.result; nothing is stored), or HTTP 200 {"errors": [...]}
+    holding only the requests error line ("500 Server Error: ... for url: .../predict"): the
+    backend's error body never reaches the annotator.
+  * Batch (Data Manager "Retrieve predictions" = POST /api/dm/actions?id=retrieve_tasks_predictions,
+    and GET /api/tasks/{id}, i.e. the editor opening a task that has no prediction): context null,
+    all selected tasks in ONE request, skipping tasks that already have a prediction whose
+    model_version equals the /setup model_version.
+  * Reply {"results": [{"result": [...], "score": s, "model_version": v}, ...]}, one per task in
+    order (a single item for several tasks -> LS retries one task at a time). Stored prediction
+    model_version = results[i].model_version, else the /setup model_version; top-level
+    "model_version" is ignored; score from results[i].score. If neither gives a model_version,
+    opening a task fails with HTTP 400 "model_version may not be null": always send one, and the
+    same one as /setup (otherwise every retrieve re-predicts every task).
+- Webhooks: creating the ML backend auto-creates a project webhook <ml url>/webhook with
+  send_for_all_actions=true, send_payload=true: ANNOTATION_CREATED/UPDATED, TASKS_CREATED, ... all
+  arrive, POSTed synchronously inside the LS request with a 1 s timeout (WEBHOOK_TIMEOUT), no
+  Authorization, User-Agent python-requests. ANNOTATION_CREATED body: {"action", "annotation":
+  {"id", "result", "task", "project", "completed_by", ...}, "task": {"id", "data", ...}, "project":
+  {"id", "label_config", ...}}. "Start training" (POST /api/ml/{id}/train) POSTs {"action":
+  "START_TRAINING", "project": {...}} to /webhook (User-Agent heartex, 100 s timeout); a reply
+  {"job": id} is recorded as a train job. Do not add a second webhook to the same URL.
+- Media: an uploaded file lands at /data/upload/<project>/<8 hex>-<name> (task.data[<value key>]);
+  fetching it needs `Authorization: Token <token>` (401 otherwise). Local files storage tasks hold
+  "<LABEL_STUDIO_HOST>/data/local-files/?d=<path under the document root>" (absolute when
+  LABEL_STUDIO_HOST is set), served only inside a connected storage's directory.
+- Server quirks: a busy -p port makes LS silently take port+1 (we check); REDIS_ENABLED is off in
+  the community build, so webhooks and predictions run in the request thread.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -28,6 +78,7 @@ LS_TOKEN = "rpsam2e2etesttoken0123456789abcdef012345"
 # First start runs ~200 migrations on 2 shared cores (~40 s quiet, much more under load).
 DEFAULT_START_TIMEOUT_S = 300.0
 DEFAULT_STOP_TIMEOUT_S = 20.0
+_PR_SET_PDEATHSIG = 1
 
 
 class LabelStudioNotInstalled(RuntimeError):
@@ -151,6 +202,16 @@ def label_studio_env(data_dir: Path, port: int, base_env: Mapping[str, str] | No
     return env
 
 
+def _die_with_parent() -> None:
+    # A pytest run killed by a timeout must not leave a server eating the shared cores. The
+    # signal fires when the thread that started the server exits: start it from the main thread.
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: stop() still cleans up on a normal exit
+        pass
+
+
 def start_label_studio(
     tmp_dir: str | os.PathLike[str],
     port: int | None = None,
@@ -180,7 +241,7 @@ def start_label_studio(
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(
             command, cwd=data_dir, env=env, stdin=subprocess.DEVNULL, stdout=log_file,
-            stderr=subprocess.STDOUT, start_new_session=True,
+            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
         )
     server = LabelStudioServer(process, port, data_dir, log_path)
     try:
@@ -196,9 +257,8 @@ def _wait_until_ready(server: LabelStudioServer, timeout_s: float) -> None:
     last_error = "no answer yet"
     while time.monotonic() < deadline:
         if not server.is_running():
-            raise LabelStudioStartError(
-                f"Label Studio exited with code {server.process.returncode} during start:\n{server.log_tail()}"
-            )
+            code = server.process.returncode
+            raise LabelStudioStartError(f"Label Studio exited ({code}) during start:\n{server.log_tail()}")
         try:
             health = requests.get(f"{server.url}/health", timeout=5)
             if health.status_code == 200:

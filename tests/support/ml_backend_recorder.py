@@ -69,7 +69,10 @@ class MLBackendRecorder:
             self._requests.clear()
 
     def wait_for(
-        self, path: str, predicate: Callable[[RecordedRequest], bool] = lambda _: True, timeout_s: float = 30.0
+        self,
+        path: str,
+        predicate: Callable[[RecordedRequest], bool] = lambda _: True,
+        timeout_s: float = 30.0,
     ) -> RecordedRequest:
         deadline = time.monotonic() + timeout_s
         with self._changed:

@@ -1,0 +1,229 @@
+"""Jobs through RQ: enqueue by dotted name, wait for the result with a deadline, fail clearly.
+
+The web process never imports torch here.  Every failure becomes a BackendError the web face
+turns into an HTTP status: 503 when Redis or the worker is gone, 504 when no worker answered in
+RPSAM2_PREDICT_TIMEOUT, the job's own status (4xx bad input, 5xx otherwise) when it raised.
+
+Sticky routing: a click goes to the sticky queue ``<click queue>@<worker>`` of the live worker
+chosen by rendezvous hashing of the image URL (see worker_presence.pick_worker), so the worker
+that encoded an image gets every later click on it; with no live worker it goes to the shared
+click queue, which every click worker also serves.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from collections import Counter
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from rq.queue import Queue
+from rq.registry import FailedJobRegistry
+from rq.results import Result
+
+from rpsam2_backend.errors import (
+    BackendError,
+    ConfigError,
+    JobTimeout,
+    ServiceUnavailable,
+    from_exception_text,
+)
+from rpsam2_backend.settings import Settings
+from rpsam2_backend.worker_presence import (
+    fail_abandoned_job,
+    is_alive,
+    live_workers,
+    pick_worker,
+    sticky_queue,
+)
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.5  # how often a waiting click checks that its worker is still alive
+SUBMIT_TTL_S = 60  # a pre-encode nobody ran within a minute is stale: the annotator moved on
+REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+def connect(url: str, timeout: float) -> redis.Redis:
+    """A client that fails fast when Redis is down and reconnects by itself when it is back.
+
+    One retry without back-off replaces a pooled connection that died with a Redis restart;
+    more retries would only stretch the time a click waits for a 503."""
+    t = timeout if timeout > 0 else None
+    return redis.Redis.from_url(
+        url, socket_timeout=t, socket_connect_timeout=t, retry=Retry(NoBackoff(), 1), health_check_interval=30
+    )
+
+
+def mask_url(url: str) -> str:
+    """redis://user:secret@host/0 -> redis://***@host/0 (for messages and /health)."""
+    return re.sub(r"//[^@/]*@", "//***@", url)
+
+
+class RQDispatcher:
+    def __init__(self, settings: Settings) -> None:
+        if settings.result_ttl < 1:
+            raise ConfigError("RPSAM2_RESULT_TTL must be >= 1 s: the web process reads each result once")
+        self.settings = settings
+        self.where = mask_url(settings.redis_url)
+        self.redis = connect(settings.redis_url, settings.redis_timeout)
+
+    # --- Dispatcher protocol ------------------------------------------------------------------
+    def call(self, job: str, payload: dict, routing_key: str | None = None) -> dict:
+        try:
+            return self._call(job, payload, routing_key)
+        except REDIS_ERRORS as exc:
+            raise self._redis_down(exc) from None
+
+    def submit(self, job: str, payload: dict, routing_key: str | None = None) -> None:
+        try:
+            queue, _, _ = self._route(routing_key)
+            Queue(queue, connection=self.redis).enqueue(
+                job,
+                payload,
+                job_timeout=self.settings.job_timeout,
+                result_ttl=0,  # nobody reads it: the embedding cache is the result
+                failure_ttl=self.settings.failure_ttl,
+                ttl=SUBMIT_TTL_S,
+            )
+        except REDIS_ERRORS as exc:
+            log.warning("%s not queued: %s", job.rpartition(".")[2], self._redis_down(exc).message)
+
+    def health(self) -> dict:
+        base = {"mode": "rq", "redis_url": self.where}
+        try:
+            self.redis.ping()
+            workers = live_workers(self.redis)
+            names = {self.settings.click_queue, self.settings.train_queue}
+            names.update(q for w in workers for q in w.get("queues", []))
+            serving = Counter(q for w in workers for q in w.get("queues", []))
+            queues = {
+                name: {
+                    "length": Queue(name, connection=self.redis).count,
+                    "failed": FailedJobRegistry(name, connection=self.redis).count,
+                    "workers": serving[name],
+                }
+                for name in sorted(names)
+            }
+        except REDIS_ERRORS as exc:
+            return {**base, "redis": "down", "error": self._redis_down(exc).message}
+        return {
+            **base,
+            "redis": "up",
+            "queues": queues,
+            "workers": workers,
+            "model_versions": sorted({w["version"] for w in workers if w.get("version")}),
+        }
+
+    # --- internals ----------------------------------------------------------------------------
+    def _redis_down(self, exc: Exception) -> ServiceUnavailable:
+        return ServiceUnavailable(
+            f"Redis at {self.where} is unreachable ({type(exc).__name__}: {exc}); "
+            "clicks work again as soon as it is back"
+        )
+
+    def _route(self, routing_key: str | None) -> tuple[str, str | None, int]:
+        """(queue, chosen worker or None, number of live click workers)."""
+        click = self.settings.click_queue
+        workers = [w["name"] for w in live_workers(self.redis) if click in w.get("queues", [])]
+        chosen = pick_worker(routing_key, workers) if routing_key else None
+        return (sticky_queue(click, chosen) if chosen else click), chosen, len(workers)
+
+    def _enqueue(self, job: str, payload: dict, routing_key: str | None):
+        queue_name, chosen, live = self._route(routing_key)
+        rq_job = Queue(queue_name, connection=self.redis).enqueue(
+            job,
+            payload,
+            job_timeout=self.settings.job_timeout,
+            result_ttl=self.settings.result_ttl,
+            failure_ttl=self.settings.failure_ttl,
+            # Safety net if this process dies while waiting: the job leaves the queue by itself.
+            ttl=math.ceil(self.settings.predict_timeout) + 5,
+        )
+        return rq_job, queue_name, chosen, live
+
+    def _call(self, job: str, payload: dict, routing_key: str | None) -> dict:
+        deadline = time.monotonic() + self.settings.predict_timeout
+        rq_job, queue_name, chosen, live = self._enqueue(job, payload, routing_key)
+        poll = min(POLL_S, self.settings.redis_timeout / 2) if self.settings.redis_timeout > 0 else POLL_S
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return self._give_up(rq_job, queue_name, live)
+            result_key = Result.get_key(rq_job.id)
+            if self.redis.xread({result_key: "0-0"}, block=max(1, int(min(remaining, poll) * 1000))):
+                return self._outcome(rq_job)
+            if self._check_worker(rq_job, queue_name, chosen):
+                log.info("worker %s is gone; click job %s moves to a live worker", chosen, rq_job.id)
+                rq_job, queue_name, chosen, live = self._enqueue(job, payload, routing_key)
+
+    def _outcome(self, rq_job) -> dict:
+        result = rq_job.latest_result()
+        if result.type == Result.Type.SUCCESSFUL:
+            value = result.return_value
+            if not isinstance(value, dict):
+                raise BackendError(f"job {rq_job.func_name} returned {type(value).__name__}, not a dict")
+            return {**value, "worker": result.worker_name}
+        if result.type == Result.Type.FAILED:
+            text = result.exc_string or ""
+            last = text.strip().splitlines()[-1] if text.strip() else ""
+            if "JobTimeoutException" in last:
+                err: BackendError = JobTimeout(
+                    f"the job ran longer than RPSAM2_JOB_TIMEOUT={self.settings.job_timeout} s on worker "
+                    f"{result.worker_name} and was stopped"
+                )
+            else:
+                err = from_exception_text(text)
+            log.warning("job %s failed on %s: %s", rq_job.id, result.worker_name or "?", err)
+            raise err
+        raise BackendError(f"job {rq_job.id} ended as {Result.Type(result.type).name.lower()}")
+
+    def _check_worker(self, rq_job, queue_name: str, chosen: str | None) -> bool:
+        """Raise when the job's worker died with it; True when the job must move to another queue."""
+        status, worker = self.redis.hmget(rq_job.key, "status", "worker_name")
+        if status is None:
+            raise ServiceUnavailable("the click's job vanished from Redis (Redis restarted?); click again")
+        if status == b"started" and worker and not is_alive(self.redis, worker.decode()):
+            name = worker.decode()
+            rq_job.refresh()
+            fail_abandoned_job(self.redis, rq_job, f"worker {name} died while running this job")
+            raise ServiceUnavailable(
+                f"worker {name} stopped while running this click (crashed or was killed); "
+                "click again: the next click goes to a live worker"
+            )
+        if status == b"queued" and chosen and not is_alive(self.redis, chosen):
+            # Waiting in the sticky queue of a worker that is gone: nobody will ever run it
+            # there.  LREM succeeds for exactly one party, so a late worker cannot run it twice.
+            if self.redis.lrem(Queue(queue_name, connection=self.redis).key, 1, rq_job.id):
+                rq_job.delete(remove_from_queue=False)
+                return True
+        return False
+
+    def _give_up(self, rq_job, queue_name: str, live: int) -> dict:
+        timeout = self.settings.predict_timeout
+        result = rq_job.latest_result()  # it may have landed just now
+        if result is not None:
+            return self._outcome(rq_job)
+        status, worker = self.redis.hmget(rq_job.key, "status", "worker_name")
+        if status == b"started":
+            # Let it finish: the embedding it computes serves the next click on this image.
+            raise JobTimeout(
+                f"worker {(worker or b'?').decode()} did not finish the click within "
+                f"RPSAM2_PREDICT_TIMEOUT={timeout:g} s (the first click on an image runs the encoder)"
+            )
+        # Never started: take it back so that a worker arriving late does not waste time on it.
+        rq_job.delete(remove_from_queue=True)
+        if live == 0:
+            raise ServiceUnavailable(
+                f"no rpsam2-worker is serving queue '{self.settings.click_queue}' on {self.where} "
+                f"(start one with `rpsam2-worker`); the click waited {timeout:g} s"
+            )
+        waiting = Queue(queue_name, connection=self.redis).count
+        raise JobTimeout(
+            f"no worker started the click within RPSAM2_PREDICT_TIMEOUT={timeout:g} s: "
+            f"{live} worker(s) alive but busy, {waiting} job(s) still waiting on '{queue_name}'"
+        )
