@@ -18,13 +18,13 @@ SEGMENT_JOB = "rpsam2_backend.jobs.segment_job"
 PREENCODE_JOB = "rpsam2_backend.jobs.preencode_job"
 
 
-def _features(rt: Runtime, url: str) -> tuple[ImageFeatures, bool]:
-    image, key = rt.load_image(url)
+def _features(rt: Runtime, url: str, label_studio: dict | None) -> tuple[ImageFeatures, bool]:
+    image, key = rt.load_image(url, label_studio)
     if image is None:
         cached = rt.cache.get(key)
         if cached is not None:
             return cached, False
-        image = rt.images.load(url)  # evicted between the two looks: fetch again
+        image = rt.image_loader(label_studio).load(url)  # evicted between the two looks: fetch again
     return rt.predictor.features(image.rgb, key)
 
 
@@ -50,7 +50,7 @@ def segment_job(payload: dict) -> dict:
     url = payload.get("image_url")
     if not url:
         raise BadRequest("job payload has no image_url")
-    features, encoded = _features(rt, url)
+    features, encoded = _features(rt, url, payload.get("label_studio"))
     height, width = features.orig_hw
     clicks = _clicks(payload, width, height)
     try:
@@ -78,5 +78,5 @@ def preencode_job(payload: dict) -> dict:
     url = payload.get("image_url")
     if not url:
         raise BadRequest("job payload has no image_url")
-    features, encoded = _features(rt, url)
+    features, encoded = _features(rt, url, payload.get("label_studio"))
     return {"encoded": encoded, "height": features.orig_hw[0], "width": features.orig_hw[1]}

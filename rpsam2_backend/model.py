@@ -76,6 +76,8 @@ class RPSAM2Model(LabelStudioMLBase):
             "clicks": [{"x": c.x, "y": c.y, "positive": c.positive} for c in request.clicks],
         }
         state = get_web_state()
+        if state.label_studio:
+            payload["label_studio"] = state.label_studio
         result = state.dispatcher.call(SEGMENT_JOB, payload, routing_key=url)
         state.saw_version(result.get("model_version"))
         log.info(
@@ -102,13 +104,14 @@ class RPSAM2Model(LabelStudioMLBase):
     def _preencode(self, tasks: list[dict]) -> None:
         if not self.label_config or not isinstance(tasks, list):
             return
-        dispatcher = get_web_state().dispatcher
+        state = get_web_state()
         for task in tasks[:1]:  # the task being opened; batch retrievals would only flood the workers
             try:
                 url = image_url(task, self.config, None)
             except BadRequest:
                 continue
-            dispatcher.submit(PREENCODE_JOB, {"image_url": url}, routing_key=url)
+            payload = {"image_url": url, **({"label_studio": state.label_studio} if state.label_studio else {})}
+            state.dispatcher.submit(PREENCODE_JOB, payload, routing_key=url)
 
     def fit(self, tasks, workdir=None, **kwargs) -> dict:
         # Training never runs in the request: the learning loop counts and enqueues.

@@ -68,6 +68,7 @@ class Runtime:
         # url -> content hash: a repeat click skips the download when its embedding is cached.
         # Label Studio never rewrites the bytes behind a task URL (uploads get new names).
         self._url_hashes: OrderedDict[str, str] = OrderedDict()
+        self._setup_loaders: dict[tuple[str, str], ImageLoader] = {}
         self.refresh_versions()
         block = self.predictor.shift_block
         log.info(
@@ -101,12 +102,24 @@ class Runtime:
                 changed = True
         return changed
 
-    def load_image(self, url: str) -> tuple[LoadedImage | None, str]:
+    def image_loader(self, label_studio: dict | None = None) -> ImageLoader:
+        """The configured loader, or one for the Label Studio host/token that /setup announced
+        (used only when this process has no LABEL_STUDIO_URL of its own)."""
+        if not label_studio or self.settings.label_studio_url or not label_studio.get("url"):
+            return self.images
+        key = (label_studio["url"], label_studio.get("token", ""))
+        loader = self._setup_loaders.get(key)
+        if loader is None:
+            settings = self.settings.with_(label_studio_url=key[0], label_studio_api_key=key[1])
+            loader = self._setup_loaders[key] = ImageLoader(settings)
+        return loader
+
+    def load_image(self, url: str, label_studio: dict | None = None) -> tuple[LoadedImage | None, str]:
         """(image or None when its embedding is already cached, content hash)."""
         known = self._url_hashes.get(url)
         if known is not None and known in self.cache:
             return None, known
-        image = self.images.load(url)
+        image = self.image_loader(label_studio).load(url)
         self._url_hashes[url] = image.sha256
         self._url_hashes.move_to_end(url)
         while len(self._url_hashes) > 10_000:

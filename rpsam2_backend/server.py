@@ -48,6 +48,9 @@ class RPSAM2Manager(LabelStudioMLManager):
     def fetch(cls, project=None, label_config=None, force_reload=False, **kwargs):
         wrapper = super().fetch(project, label_config, force_reload, **kwargs)
         wrapper.model_version = wrapper.model.model_version
+        from rpsam2_backend.web_state import get_web_state
+
+        get_web_state().saw_setup(kwargs.get("hostname"), kwargs.get("access_token"))
         return wrapper
 
     @classmethod

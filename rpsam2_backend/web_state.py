@@ -39,6 +39,19 @@ class WebState:
         self.dispatcher = dispatcher or make_dispatcher(settings)
         self._lock = threading.Lock()
         self._model_version = _expected_version(settings)
+        self._label_studio: dict | None = None
+
+    def saw_setup(self, hostname: str | None, access_token: str | None) -> None:
+        """Label Studio's /setup names its host and a token for its media; used only when
+        LABEL_STUDIO_URL is not configured here (then they travel with each job)."""
+        if hostname and not self.settings.label_studio_url:
+            with self._lock:
+                self._label_studio = {"url": hostname, "token": access_token or ""}
+
+    @property
+    def label_studio(self) -> dict | None:
+        with self._lock:
+            return self._label_studio
 
     @property
     def model_version(self) -> str:

@@ -170,3 +170,40 @@ def test_health_reports_version(backend):
     body = client.get("/health").get_json()
     assert body["status"] == "UP"
     assert body["model_version"].startswith("sam2/sam2.1_hiera_t")
+
+
+def test_images_come_from_the_host_and_token_that_setup_announced(backend, voc):
+    """Label Studio's /setup carries its hostname and an access token; uploads need the token."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import cv2
+
+    png = cv2.imencode(".png", cv2.cvtColor(voc["rgb"], cv2.COLOR_RGB2BGR))[1].tobytes()
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's naming)
+            seen.append((self.path, self.headers.get("Authorization")))
+            ok = self.headers.get("Authorization") == "Token setup-token"
+            self.send_response(200 if ok else 401)
+            self.end_headers()
+            self.wfile.write(png if ok else b"no")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    client, _ = backend
+    host = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        resp = client.post("/setup", json={"project": "1.1", "schema": CONFIG, "hostname": host,
+                                           "access_token": "setup-token"})
+        assert resp.status_code == 200
+        mask, _ = the_mask(client.post("/predict", json=predict_body([click(30.0, 30.0)],
+                                                                     image="/data/upload/1/abc-voc.png")))
+        assert mask.any()
+        assert seen and seen[0] == ("/data/upload/1/abc-voc.png", "Token setup-token")
+    finally:
+        server.shutdown()

@@ -21,6 +21,8 @@ _WORD_BITS = 8
 _RLE_SIZES = (3, 4, 8, 16)
 _MAX_RUN = 1 << 16
 _FOREGROUND = 255
+_BYTE_SHIFTS = np.array([32, 24, 16, 8, 0], dtype=np.uint64)
+_BYTE_OFFSETS = np.arange(5, dtype=np.int64)
 
 
 def _pack_tokens(values: np.ndarray, widths: np.ndarray) -> bytes:
@@ -37,9 +39,9 @@ def _pack_tokens(values: np.ndarray, widths: np.ndarray) -> bytes:
     shift = starts % 8
     # Place each field in a 40-bit window starting at its first byte (shift + width <= 40).
     window = values.astype(np.uint64) << (40 - shift - widths).astype(np.uint64)
-    first = starts // 8
-    index = np.concatenate([first + k for k in range(5)])
-    parts = np.concatenate([(window >> np.uint64(32 - 8 * k)) & np.uint64(0xFF) for k in range(5)])
+    # (tokens, 5) bytes of each window and the output byte each one lands on.
+    parts = (window[:, None] >> _BYTE_SHIFTS) & np.uint64(0xFF)
+    index = (starts // 8)[:, None] + _BYTE_OFFSETS
     keep = index < n_bytes  # windows of fields near the end reach past the last byte with zeros
     packed = np.bincount(index[keep], weights=parts[keep].astype(np.float64), minlength=n_bytes)
     return packed[:n_bytes].astype(np.uint8).tobytes()

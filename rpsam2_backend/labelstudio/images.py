@@ -114,7 +114,7 @@ class ImageLoader:
                     f"Cloud Storage settings enable 'Use pre-signed URLs' so tasks reach the backend as "
                     f"http(s) links"
                 )
-            if scheme or not url.startswith("/"):
+            if scheme or parts.netloc or not url.startswith("/"):  # "//host/x" is not a Label Studio path
                 raise ImageError(
                     f"unsupported image URL {redact_url(url)!r}: expected http(s)://, /data/upload/..., "
                     f"or /data/local-files/?d=..."
