@@ -170,3 +170,26 @@ def test_settings_without_checkpoint_fail_with_download_command():
     with pytest.raises(ConfigError, match="RPSAM2_ALLOW_RANDOM_WEIGHTS"):
         Settings.from_env({"RPSAM2_ALLOW_RANDOM_WEIGHTS": "maybe"})
     assert np.isclose(Settings.from_env({"RPSAM2_PREDICT_TIMEOUT": "2.5"}).predict_timeout, 2.5)
+
+
+def test_points_of_one_image_are_refined_independently_as_one_sequence(voc_features):
+    """The shared-image fast path (one sequence, diagonal mask) equals refining point by point."""
+    torch.manual_seed(3)
+    block = ShiftBlock(ShiftBlockConfig(layers=2, max_shift=0.5)).eval()
+    with torch.no_grad():
+        block.phi.weight.normal_(std=0.5)
+        points, embeds = torch.rand(5, 2), torch.randn(5, 256)
+        together = block(points, embeds, voc_features.image_embed)
+        alone = torch.cat([block(points[i : i + 1], embeds[i : i + 1], voc_features.image_embed) for i in range(5)])
+    assert torch.allclose(together, alone, atol=1e-5)
+    assert not torch.allclose(together[0], together[1])
+
+
+def test_zero_shift_returns_the_click_exactly(sam2_engine, voc_features):
+    block = ShiftBlock(ShiftBlockConfig(layers=1))
+    with torch.no_grad():
+        block.phi.weight.zero_()
+    pred = RPSAM2Predictor(sam2_engine, shift_block=block)
+    points = torch.tensor([[123.456, 78.9], [499.5, 374.5], [0.25, 0.75]])
+    with torch.no_grad():
+        assert torch.equal(pred.refine(voc_features, points), points)

@@ -107,7 +107,9 @@ class RPSAM2Predictor:
         ones = torch.ones(points_px.shape[0], 1, dtype=torch.int, device=points_px.device)
         sparse, _ = self.engine.point_embeddings(points_px[:, None, :], ones, features.orig_hw)
         refined = block(norm.to(self.engine.device), sparse[:, 0], features.image_embed)
-        return refined.to(points_px.device) * size
+        # Add the displacement to the given pixels (rather than rescale the normalised point) so
+        # that a zero shift returns the click bit-for-bit.
+        return points_px + (refined.to(points_px.device) - norm) * size
 
     @torch.no_grad()
     def segment(

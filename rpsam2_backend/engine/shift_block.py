@@ -85,11 +85,19 @@ class ShiftBlock(nn.Module):
                 f"{self.image_pos.shape[1]}"
             )
         memory = image_tokens + self.image_pos
-        if memory.shape[0] == 1 and b > 1:
-            memory = memory.expand(b, -1, -1)
         query = point_embed.reshape(b, 1, -1) + self.point_pos
-        for layer in self.layers:
-            query = layer(query, memory)
+        if memory.shape[0] == 1 and b > 1:
+            # Many points on one image: put them in one sequence so the image keys/values are
+            # projected once, not b times; a diagonal self-attention mask keeps every point
+            # independent (each attends only to itself), which is exactly the per-point result.
+            query = query.transpose(0, 1)
+            alone = ~torch.eye(b, dtype=torch.bool, device=query.device)
+            for layer in self.layers:
+                query = layer(query, memory, tgt_mask=alone)
+            query = query.transpose(0, 1)
+        else:
+            for layer in self.layers:
+                query = layer(query, memory)
         delta = torch.tanh(self.phi(self.norm(query[:, 0])))
         refined = points + torch.sigmoid(self.scale_logit) * delta
         return refined.clamp(0.0, 1.0)
