@@ -13,7 +13,7 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 SAM2 := sam2==1.1.0
 LABEL_STUDIO := label-studio==1.23.2
 
-.PHONY: venv ls-venv redis system-deps run run-demo worker checkpoints test test-fast lint bench clean
+.PHONY: venv ls-venv redis system-deps browser-deps stack-up stack-down run run-demo worker checkpoints test test-fast lint bench clean
 
 $(VENV)/.installed: requirements.txt setup.cfg
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,17 @@ redis:
 
 system-deps: redis
 
+# Debian's chromium for the browser test (Playwright drives it by path; no browser download).
+browser-deps:
+	@test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium)
+
+# The compose stack without Docker: redis-server, click + train workers, backend (deploy/stack.sh).
+stack-up: venv system-deps
+	deploy/stack.sh start
+
+stack-down:
+	deploy/stack.sh stop
+
 run: venv
 	label-studio-ml start rpsam2_backend -p $(PORT)
 
@@ -55,7 +66,7 @@ worker: venv
 checkpoints:
 	deploy/download_checkpoints.sh checkpoints
 
-test: venv ls-venv system-deps
+test: venv ls-venv system-deps browser-deps
 	$(BIN)/python -m pytest
 
 test-fast: venv

@@ -17,6 +17,11 @@ from rpsam2_backend.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# Dotted names of the job functions in rpsam2_backend/jobs.py: the web side enqueues by name and
+# never imports the module (it pulls in torch and SAM2).
+SEGMENT_JOB = "rpsam2_backend.jobs.segment_job"
+PREENCODE_JOB = "rpsam2_backend.jobs.preencode_job"
+
 
 def resolve_job(name: str) -> Callable[[dict], dict]:
     module, _, attr = name.rpartition(".")

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import time
 
+from rpsam2_backend.dispatch import PREENCODE_JOB, SEGMENT_JOB  # noqa: F401 (re-exported)
 from rpsam2_backend.engine.predictor import Click
 from rpsam2_backend.engine.sam2_model import ImageFeatures
 from rpsam2_backend.errors import BadRequest
 from rpsam2_backend.labelstudio.brush import mask_to_rle
 from rpsam2_backend.runtime import Runtime, get_runtime
-
-SEGMENT_JOB = "rpsam2_backend.jobs.segment_job"
-PREENCODE_JOB = "rpsam2_backend.jobs.preencode_job"
 
 
 def _features(rt: Runtime, url: str, label_studio: dict | None) -> tuple[ImageFeatures, bool]:

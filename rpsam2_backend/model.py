@@ -11,8 +11,8 @@ from functools import lru_cache
 
 from label_studio_ml.model import LabelStudioMLBase
 
+from rpsam2_backend.dispatch import PREENCODE_JOB, SEGMENT_JOB
 from rpsam2_backend.errors import BadRequest
-from rpsam2_backend.jobs import PREENCODE_JOB, SEGMENT_JOB
 from rpsam2_backend.labelstudio.clicks import ClickRequest, parse_context
 from rpsam2_backend.labelstudio.label_config import LabelConfig, parse_label_config
 from rpsam2_backend.web_state import get_web_state

@@ -216,14 +216,14 @@ class RQDispatcher:
                 f"RPSAM2_PREDICT_TIMEOUT={timeout:g} s (the first click on an image runs the encoder)"
             )
         # Never started: take it back so that a worker arriving late does not waste time on it.
+        ahead = Queue(queue_name, connection=self.redis).get_job_position(rq_job.id)
         rq_job.delete(remove_from_queue=True)
         if live == 0:
             raise ServiceUnavailable(
                 f"no rpsam2-worker is serving queue '{self.settings.click_queue}' on {self.where} "
                 f"(start one with `rpsam2-worker`); the click waited {timeout:g} s"
             )
-        waiting = Queue(queue_name, connection=self.redis).count
         raise JobTimeout(
             f"no worker started the click within RPSAM2_PREDICT_TIMEOUT={timeout:g} s: "
-            f"{live} worker(s) alive but busy, {waiting} job(s) still waiting on '{queue_name}'"
+            f"{live} worker(s) alive but busy, {ahead or 0} job(s) still ahead of it on '{queue_name}'"
         )

@@ -20,8 +20,9 @@ from label_studio_ml import api as lsml_api
 from label_studio_ml.exceptions import AnswerException
 from label_studio_ml.model import LabelStudioMLManager
 
+from rpsam2_backend.dispatch import SEGMENT_JOB
 from rpsam2_backend.errors import BackendError, BadRequest
-from rpsam2_backend.jobs import SEGMENT_JOB
+from rpsam2_backend.learning import read_status
 from rpsam2_backend.metrics import BackendMetrics, MeteredDispatcher
 from rpsam2_backend.model import RPSAM2Model
 from rpsam2_backend.settings import Settings
@@ -136,8 +137,10 @@ def create_app(settings: Settings, warm: bool = True, state: WebState | None = N
                 "model_version": state.model_version,
                 "model_dir": settings.model_dir,
                 "redis": dispatch.get("redis", "unused"),
+                "live_workers": {name: q["workers"] for name, q in (dispatch.get("queues") or {}).items()},
                 "model_versions": dispatch.get("model_versions", []),
                 "dispatch": dispatch,
+                "last_retrain": read_status(settings.model_dir),
             }
         )
 

@@ -89,6 +89,18 @@ class Settings:
     failure_ttl: int = field(default=86400, metadata={"env": "RPSAM2_FAILURE_TTL"})
     redis_timeout: float = field(default=2.0, metadata={"env": "RPSAM2_REDIS_TIMEOUT"})
     worker_heartbeat: float = field(default=2.0, metadata={"env": "RPSAM2_WORKER_HEARTBEAT"})
+    # --- the learning loop ------------------------------------------------------------------
+    retrain_every: int = field(default=20, metadata={"env": "RPSAM2_RETRAIN_EVERY"})
+    retrain_interval: int = field(default=0, metadata={"env": "RPSAM2_RETRAIN_INTERVAL"})
+    retrain_timeout: int = field(default=6 * 3600, metadata={"env": "RPSAM2_RETRAIN_TIMEOUT"})
+    retrain_min_labels: int = field(default=4, metadata={"env": "RPSAM2_RETRAIN_MIN_LABELS"})
+    retrain_val_fraction: float = field(default=0.2, metadata={"env": "RPSAM2_RETRAIN_VAL_FRACTION"})
+    retrain_steps: int = field(default=200, metadata={"env": "RPSAM2_RETRAIN_STEPS"})
+    retrain_seeds: int = field(default=5, metadata={"env": "RPSAM2_RETRAIN_SEEDS"})
+    retrain_min_gain: float = field(default=0.0, metadata={"env": "RPSAM2_RETRAIN_MIN_GAIN", "min": -1.0})
+    retrain_std_tolerance: float = field(default=0.01, metadata={"env": "RPSAM2_RETRAIN_STD_TOLERANCE"})
+    decoder_ft_steps: int = field(default=100, metadata={"env": "RPSAM2_DECODER_FT_STEPS"})
+    pseudo_batch: int = field(default=50, metadata={"env": "RPSAM2_PSEUDO_BATCH"})
 
     # ------------------------------------------------------------------------------------------
     @classmethod
@@ -105,7 +117,7 @@ class Settings:
             elif f.type == "int":
                 values[f.name] = int(_number(name, raw, int, 0))
             elif f.type == "float":
-                values[f.name] = float(_number(name, raw, float, 0))
+                values[f.name] = float(_number(name, raw, float, f.metadata.get("min", 0)))
             else:
                 values[f.name] = raw.strip()
         if "label_studio_url" not in values and env.get("LABEL_STUDIO_HOST"):

@@ -95,10 +95,12 @@ class Presence(threading.Thread):
         self.describe = describe
         self.stopping = threading.Event()
         self.failing = False
+        self.published = False
 
     def beat(self) -> None:
         try:
             publish(self.conn, self.describe(), self.interval)
+            self.published = True
             if self.failing:
                 log.info("presence: Redis reachable again")
             self.failing = False
@@ -113,6 +115,8 @@ class Presence(threading.Thread):
 
     def stop(self, name: str) -> None:
         self.stopping.set()
+        if not self.published:
+            return  # never announced: the name may belong to another live worker
         try:
             withdraw(self.conn, name)
         except redis.exceptions.RedisError:
@@ -137,6 +141,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--queues", help="comma list: click, train or queue names (RPSAM2_WORKER_QUEUES)")
     parser.add_argument("--name", help="worker name, unique among live workers (default HOST.PID)")
     parser.add_argument("--burst", action="store_true", help="quit when the queues are empty")
+    parser.add_argument(
+        "--scheduler", action=argparse.BooleanOptionalAction, default=None,
+        help="run rq's scheduler (enqueue_in/enqueue_at jobs, e.g. periodic retraining); "
+        "default: on when this worker serves the training queue",
+    )
     parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
     return parser.parse_args(argv)
 
@@ -165,7 +174,8 @@ def main(argv: list[str] | None = None) -> None:
         stats["shift_version"] or "none (plain SAM2)", stats["decoder_version"] or "SAM2's own",
         stats["version"], ",".join(queues),
     )
-    sys.exit(serve(settings, name, queues, runtime, burst=args.burst, log_level=args.log_level.upper()))
+    scheduler = settings.train_queue in queues if args.scheduler is None else args.scheduler
+    sys.exit(serve(settings, name, queues, runtime, args.burst, args.log_level.upper(), scheduler))
 
 
 def runtime_summary(runtime) -> dict:
@@ -175,9 +185,18 @@ def runtime_summary(runtime) -> dict:
 
 
 def serve(
-    settings: Settings, name: str, queues: list[str], runtime, burst: bool = False, log_level: str = "INFO"
+    settings: Settings,
+    name: str,
+    queues: list[str],
+    runtime,
+    burst: bool = False,
+    log_level: str = "INFO",
+    scheduler: bool = False,
 ) -> int:
     """Run the rq loop until SIGTERM/SIGINT (or empty queues with ``burst``); 0 on a clean stop.
+
+    ``scheduler``: rq's scheduler runs in a forked child that only talks to Redis (no torch), and
+    a lock lets one scheduler per queue run however many workers ask for it.
 
     rq's loop quits when Redis fails at the wrong moment; a GPU worker keeps its model and starts
     a fresh loop once Redis is back instead of dying (and reloading SAM2 under a supervisor)."""
@@ -206,34 +225,36 @@ def serve(
     first, backoff = True, 1.0
     try:
         while not stopping.is_set():
-            worker = RPSAM2Worker(
-                queues, name=name, connection=conn, default_result_ttl=settings.result_ttl,
-                worker_ttl=RQ_WORKER_TTL, maintenance_interval=MAINTENANCE_INTERVAL,
-            )
-            worker.click_queue, worker.counts = settings.click_queue, counts
-            loop_started = time.monotonic()
+            loop_started, worker = time.monotonic(), None
             try:
                 if first and is_alive(conn, name):
                     log.error("a worker named %s is already running; choose another --name", name)
                     return 1
                 first = False
+                worker = RPSAM2Worker(  # talks to Redis already (CLIENT SETNAME)
+                    queues, name=name, connection=conn, default_result_ttl=settings.result_ttl,
+                    worker_ttl=RQ_WORKER_TTL, maintenance_interval=MAINTENANCE_INTERVAL,
+                    log_job_description=False,  # job arguments hold image URLs, maybe signed ones
+                )
+                worker.click_queue, worker.counts = settings.click_queue, counts
                 # A worker of this name that crashed left rq's registration behind; it is dead
                 # (no presence key), so this one takes the name over.
                 conn.delete(worker.key)
                 presence.beat()
                 if not presence.is_alive():
                     presence.start()
-                worker.work(burst=burst, logging_level=log_level)
+                worker.work(burst=burst, logging_level=log_level, with_scheduler=scheduler)
             except redis.exceptions.RedisError as exc:
                 log.warning("worker %s: Redis failed (%s); starting again in %g s", name, exc, backoff)
                 try:
-                    worker.unsubscribe()
+                    if worker is not None:
+                        worker.unsubscribe()
                 except Exception:  # the pubsub thread may already be gone
                     pass
             # rq left its signal handlers installed; from here a signal only means stop.
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: stopping.set())
-            if burst or worker._shutdown_requested_date is not None:
+            if worker is not None and (burst or worker._shutdown_requested_date is not None):
                 return 0
             backoff = 1.0 if time.monotonic() - loop_started > 30 else min(backoff * 2, 10.0)
             stopping.wait(backoff)

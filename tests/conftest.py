@@ -64,3 +64,13 @@ def save_png(path, rgb: np.ndarray) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     assert cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+
+@pytest.fixture(scope="session")
+def voc_feature_cache(sam2_engine, voc, tmp_path_factory):
+    """A disk-backed trainer FeatureCache that has encoded the VOC image once (trainer tests share it)."""
+    from trainer.feature_cache import FeatureCache
+
+    cache = FeatureCache(sam2_engine, tmp_path_factory.mktemp("trainer-cache"))
+    cache.get(voc["rgb"])
+    return cache

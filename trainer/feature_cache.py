@@ -98,7 +98,8 @@ def decoder_identity(engine: SAM2Engine) -> str:
 class FeatureCache:
     """Features by image content hash: an LRU in RAM (CPU tensors) in front of an optional disk cache.
 
-    ``get(image)`` returns features on ``engine.device``; the encoder runs only on a miss in both.
+    ``get(image)`` returns float32 features on ``engine.device``; the encoder runs only on a miss in
+    both.  ``memory_bytes`` counts stored (float16: 8 MB per image) tensors.
     """
 
     def __init__(
@@ -133,25 +134,31 @@ class FeatureCache:
             if image is None:
                 raise ValueError("need an image or its content hash")
             image_hash = image_content_hash(image)
-        features = self._from_memory(image_hash)
-        if features is None:
-            features = self._from_disk(image_hash)
-            if features is None:
+        stored = self._from_memory(image_hash)
+        if stored is None:
+            stored = self._from_disk(image_hash)
+            if stored is None:
                 if image is None:
                     raise KeyError(f"features of image {image_hash[:12]} are not cached and no image was given")
-                # Round-trip through the storage dtype at once, so a run with a cold cache sees the
-                # same numbers as one that reads them back from disk (seeded runs stay repeatable).
-                features = self._quantise(self.engine.encode(image).to("cpu"))
+                # Kept in the storage dtype from the start, so a run with a cold cache sees the same
+                # numbers as one that reads them back from disk (seeded runs stay repeatable).
+                stored = self._cast(self.engine.encode(image).to("cpu"), self.store_dtype)
                 self.encoded += 1
-                self._to_disk(image_hash, features)
+                self._to_disk(image_hash, stored)
             else:
                 self.disk_hits += 1
-            self._to_memory(image_hash, features)
+            self._to_memory(image_hash, stored)
         else:
             self.memory_hits += 1
-        return features.to(self.engine.device)
+        return self._cast(stored.to(self.engine.device), torch.float32)
 
-    # --- tiers -------------------------------------------------------------------------------
+    # --- tiers (both hold store_dtype tensors on the CPU) -------------------------------------
+    @staticmethod
+    def _cast(features: ImageFeatures, dtype: torch.dtype) -> ImageFeatures:
+        return ImageFeatures(
+            features.image_embed.to(dtype), [t.to(dtype) for t in features.high_res_feats], features.orig_hw
+        )
+
     def _from_memory(self, key: str) -> ImageFeatures | None:
         with self._lock:
             features = self._memory.get(key)
@@ -172,33 +179,22 @@ class FeatureCache:
                 _, old = self._memory.popitem(last=False)
                 self._memory_used -= old.nbytes
 
-    def _quantise(self, features: ImageFeatures) -> ImageFeatures:
-        def q(t: torch.Tensor) -> torch.Tensor:
-            return t.to(self.store_dtype).float()
-
-        return ImageFeatures(q(features.image_embed), [q(t) for t in features.high_res_feats], features.orig_hw)
-
     def _from_disk(self, key: str) -> ImageFeatures | None:
         path = self.path(key)
         if path is None or not path.is_file():
             return None
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
+            features = ImageFeatures.from_state(state)
         except Exception as exc:  # a truncated file from another tool: recompute rather than fail
             log.warning("ignoring unreadable feature cache entry %s: %s", path, exc)
             return None
-        state["image_embed"] = state["image_embed"].float()
-        state["high_res_feats"] = [t.float() for t in state["high_res_feats"]]
-        return ImageFeatures.from_state(state)
+        return self._cast(features, self.store_dtype)
 
     def _to_disk(self, key: str, features: ImageFeatures) -> None:
         path = self.path(key)
-        if path is None:
-            return
-        state = features.state()
-        state["image_embed"] = state["image_embed"].to(self.store_dtype)
-        state["high_res_feats"] = [t.to(self.store_dtype) for t in state["high_res_feats"]]
-        atomic_torch_save(state, path)
+        if path is not None:
+            atomic_torch_save(features.state(), path)
 
 
 def atomic_torch_save(obj: object, path: Path) -> None:

@@ -198,7 +198,7 @@ class SAM2Engine:
     def upsample(low_res_logits: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
         return F.interpolate(low_res_logits, size=orig_hw, mode="bilinear", align_corners=False)
 
-    @torch.no_grad()
+    @torch.inference_mode()  # results leave as numpy: no autograd bookkeeping (version counters) at all
     def decode_masks(
         self,
         features: ImageFeatures,

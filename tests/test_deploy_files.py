@@ -1,0 +1,201 @@
+"""The deployment files agree with the code: compose services, GPU reservation, settings, scripts.
+
+Docker cannot run here, so docker-compose.yml is checked as data (PyYAML); deploy/stack.sh, the
+Docker-free twin of the compose stack, is started for real in the slow test at the end.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+import shlex
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from rpsam2_backend.settings import Settings
+from tests.support.rpsam2_stack import backend_env, free_port
+
+REPO = Path(__file__).resolve().parents[1]
+DEPLOY = REPO / "deploy"
+SETTINGS_ENV = [f.metadata["env"] for f in fields(Settings)]
+
+
+def _compose() -> dict:
+    return yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+
+
+def _env_example_names() -> set[str]:
+    # Listed settings may be commented out (showing the default); both count as listed.
+    pattern = re.compile(r"^\s*#?\s*([A-Z][A-Z0-9_]*)=", re.MULTILINE)
+    return set(pattern.findall((DEPLOY / ".env.example").read_text()))
+
+
+def _readme_config_names() -> set[str]:
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("|")]
+    return {name for row in rows for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", row.split("|")[1])}
+
+
+def _console_scripts() -> set[str]:
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    entries = cfg["options.entry_points"]["console_scripts"]
+    return {line.split("=")[0].strip() for line in entries.strip().splitlines()}
+
+
+def test_every_setting_is_listed_in_env_example() -> None:
+    missing = sorted(set(SETTINGS_ENV) - _env_example_names())
+    assert not missing, f"deploy/.env.example lacks {missing}"
+
+
+def test_every_setting_is_in_the_readme_configuration_table() -> None:
+    missing = sorted(set(SETTINGS_ENV) - _readme_config_names())
+    assert not missing, f"README.md's configuration table lacks {missing}"
+
+
+def test_env_example_values_parse_as_settings() -> None:
+    values = {}
+    for line in (DEPLOY / ".env.example").read_text().splitlines():
+        match = re.match(r"^\s*#?\s*([A-Z][A-Z0-9_]*)=(.*)$", line)
+        if match and match.group(1) in SETTINGS_ENV:
+            values[match.group(1)] = match.group(2)
+    settings = Settings.from_env(values)  # raises ConfigError on a malformed default
+    assert settings.cache_mb == Settings().cache_mb and settings.click_queue == Settings().click_queue
+
+
+def test_compose_has_the_services_with_health_checks() -> None:
+    services = _compose()["services"]
+    assert {"redis", "backend", "gpu-worker", "train-worker", "label-studio"} <= set(services)
+    for name, service in services.items():
+        test = service.get("healthcheck", {}).get("test")
+        assert test and test[0] in ("CMD", "CMD-SHELL"), f"{name} has no health check"
+    assert services["label-studio"]["image"].startswith("heartexlabs/label-studio:")
+
+
+def test_gpu_worker_reserves_an_nvidia_gpu() -> None:
+    services = _compose()["services"]
+    for name in ("gpu-worker", "train-worker"):
+        (device,) = services[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and device["count"] == 1 and device["capabilities"] == ["gpu"]
+    assert "deploy" not in services["backend"]  # the web process never needs the GPU
+
+
+def test_compose_commands_use_existing_console_scripts_and_queues() -> None:
+    services = _compose()["services"]
+    scripts = _console_scripts() | {"label-studio-ml"}
+    assert services["backend"]["command"][:3] == ["label-studio-ml", "start", "rpsam2_backend"]
+    for name in ("gpu-worker", "train-worker"):
+        command = services[name]["command"]
+        assert command[0] in scripts
+    assert services["gpu-worker"]["command"][1:] == ["--queues", "click"]
+    assert services["train-worker"]["command"][1:] == ["--queues", "train", "--scheduler"]
+    # The worker CLI accepts them: parse with its own parser.
+    from rpsam2_backend.worker import _parse
+
+    train = _parse(services["train-worker"]["command"][1:])
+    assert train.queues == "train" and train.scheduler is True
+
+
+def test_compose_volumes_hold_models_checkpoints_and_label_studio_data() -> None:
+    compose = _compose()
+    assert {"models", "checkpoints", "label-studio-data"} <= set(compose["volumes"])
+    services = compose["services"]
+    for name in ("backend", "gpu-worker", "train-worker"):
+        env = services[name]["environment"]
+        mounts = {m.split(":")[1]: m.split(":")[0] for m in services[name]["volumes"]}
+        assert mounts[env["MODEL_DIR"]] == "models"
+        assert mounts[env["RPSAM2_CHECKPOINT_DIR"]] == "checkpoints"
+        assert env["REDIS_URL"].startswith("redis://redis:")
+        assert env["RPSAM2_UPLOAD_DIR"].startswith(next(k for k, v in mounts.items() if v == "label-studio-data"))
+    assert any(m.startswith("label-studio-data:") for m in services["label-studio"]["volumes"])
+
+
+def test_every_variable_compose_interpolates_is_in_env_example() -> None:
+    text = (DEPLOY / "docker-compose.yml").read_text()
+    referenced = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", text))
+    assert referenced, "compose interpolates nothing?"
+    missing = sorted(referenced - _env_example_names())
+    assert not missing, f"docker-compose.yml uses {missing}, absent from deploy/.env.example"
+
+
+def test_dockerfile_installs_with_make_venv_and_bakes_no_checkpoints_by_default() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert re.search(r"^RUN make venv\b", text, re.MULTILINE)
+    assert "ARG DOWNLOAD_CHECKPOINTS=0" in text and "deploy/download_checkpoints.sh" in text
+    assert re.search(r"^FROM \$\{BASE_IMAGE\}", text, re.MULTILINE)
+    assert re.search(r"ARG BASE_IMAGE=nvidia/cuda:\S*cudnn", text)
+    # The Makefile's venv recipe builds sam2 without its CUDA extension; the Dockerfile documents it.
+    assert "SAM2_BUILD_CUDA=0" in (REPO / "Makefile").read_text() and "SAM2_BUILD_CUDA=0" in text
+    cmd = re.search(r"^CMD (.*)$", text, re.MULTILINE).group(1)
+    assert cmd.startswith('["label-studio-ml", "start", "rpsam2_backend"')
+
+
+def test_shell_scripts_parse() -> None:
+    for script in ("stack.sh", "gpu_smoke.sh", "download_checkpoints.sh"):
+        path = DEPLOY / script
+        assert os.access(path, os.X_OK), f"{script} is not executable"
+        subprocess.run(["bash", "-n", str(path)], check=True)
+
+
+def test_label_config_offers_every_click_label_as_a_brush_label() -> None:
+    root = ET.fromstring((DEPLOY / "label_config.xml").read_text())
+    clicks = {label.get("value") for label in root.find(".//KeyPointLabels[@smart='true']").iter("Label")}
+    brushes = {label.get("value") for label in root.find(".//BrushLabels").iter("Label")}
+    assert len(clicks) == 10 and clicks == brushes
+
+
+def test_healthcheck_script_reports_an_unreachable_url_as_unhealthy() -> None:
+    port = free_port()
+    proc = subprocess.run(
+        [sys.executable, str(DEPLOY / "healthcheck.py"), "http", f"http://127.0.0.1:{port}/health"],
+        capture_output=True, timeout=30,
+    )
+    assert proc.returncode == 1
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_stack_script_starts_serves_and_stops(tmp_path: Path) -> None:
+    port, redis_port = free_port(), free_port()
+    env = backend_env(
+        RUN_DIR=str(tmp_path / "run"), PORT=str(port), REDIS_PORT=str(redis_port), HOST="127.0.0.1",
+        ENV_FILE=str(tmp_path / "none.env"), VENV=str(Path(sys.executable).parent.parent),
+    )
+    stack = [str(DEPLOY / "stack.sh")]
+
+    def run(action: str, timeout: float = 400) -> subprocess.CompletedProcess:
+        return subprocess.run(stack + [action], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+    def logs() -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-1500:]}" for p in sorted((tmp_path / "run").glob("*.log")))
+
+    pids: list[int] = []
+    try:
+        started = run("start")
+        assert started.returncode == 0, started.stdout + started.stderr + logs()
+        pids = [int(p.read_text()) for p in sorted((tmp_path / "run").glob("*.pid"))]
+        assert len(pids) == 4, sorted(p.name for p in (tmp_path / "run").iterdir())
+        health = requests.get(f"http://127.0.0.1:{port}/health", timeout=10).json()
+        assert health["redis"] == "up"
+        queues = sorted(q for w in health["dispatch"]["workers"] for q in w["queues"])
+        assert "rpsam2-click" in queues and "rpsam2-train" in queues, health
+        status = run("status", timeout=60)
+        assert status.returncode == 0 and "health: ready" in status.stdout, status.stdout
+    finally:
+        stopped = run("stop", timeout=120)
+    assert stopped.returncode == 0, stopped.stderr
+    assert not list((tmp_path / "run").glob("*.pid"))
+    for pid in pids:  # every process group is gone, children of label-studio-ml included
+        assert subprocess.run(["pgrep", "-g", str(pid)], capture_output=True).returncode == 1, shlex.join(
+            ["pgrep", "-g", str(pid)]
+        )
+    assert run("status", timeout=60).returncode == 3

@@ -1,0 +1,224 @@
+"""Accepted labels of a Label Studio project, pulled over its REST API (what label-studio-sdk wraps).
+
+The rule (which annotation of a task is a training label):
+
+1. Cancelled annotations ("skipped", ``was_cancelled``) never count.
+2. Review: when any annotation of the project carries review data (Label Studio Enterprise:
+   ``reviews``, ``review_result``, or a ``last_action`` of accepted/rejected), the project is
+   reviewed and only annotations whose latest review accepted them count.  Without review data
+   (Community edition), submitting an annotation is accepting it.
+3. Per task, the latest counted annotation wins (greatest ``updated_at``, then ``created_at``,
+   then id); earlier ones of the same task are ignored, even when the latest has no mask.
+4. The winner with brush regions (RLE ``brushlabels`` with a label) is an *accepted mask*: one
+   object per region id, class = its first label.  A winner with keypoints but no brush region
+   is a *click-only* task: the pseudo-label step may suggest a mask for it.  Anything else is
+   ignored.  Predictions are never read as labels.
+
+Images are fetched through ``rpsam2_backend.labelstudio.images.ImageLoader`` (the backend's own
+safe loader, with ``LABEL_STUDIO_URL`` and ``LABEL_STUDIO_API_KEY``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+
+from rpsam2_backend.labelstudio.images import ImageLoader
+from rpsam2_backend.labelstudio.label_config import LabelConfig, parse_label_config
+from rpsam2_backend.settings import Settings
+from trainer.datasets.base import Dataset, Sample
+from trainer.datasets.labelstudio_export import _timestamp, brush_objects
+
+log = logging.getLogger(__name__)
+
+ACCEPTED_ACTIONS = ("accepted", "fixed_and_accepted")
+REVIEW_ACTIONS = (*ACCEPTED_ACTIONS, "rejected")
+
+
+class LabelStudioUnavailable(RuntimeError):
+    pass
+
+
+@dataclass
+class TaskLabel:
+    task_id: int
+    image_url: str
+    annotation_id: int
+    annotation: dict
+
+
+@dataclass
+class ProjectLabels:
+    project: str
+    label_config: LabelConfig
+    accepted: list[TaskLabel] = field(default_factory=list)  # latest counted annotation has masks
+    click_only: list[TaskLabel] = field(default_factory=list)  # ... has keypoints, no mask
+    predictions: dict[int, set[str]] = field(default_factory=dict)  # task id -> model versions
+    reviewed: bool = False
+
+    @property
+    def annotation_ids(self) -> list[int]:
+        return sorted(t.annotation_id for t in self.accepted)
+
+
+# ------------------------------------------------------------------------------------ the rule
+
+
+def has_review_data(annotation: dict) -> bool:
+    return bool(annotation.get("reviews")) or annotation.get("review_result") is not None or (
+        annotation.get("last_action") in REVIEW_ACTIONS
+    )
+
+
+def review_accepted(annotation: dict) -> bool:
+    reviews = [r for r in annotation.get("reviews") or [] if isinstance(r, dict)]
+    if reviews:
+        latest = max(reviews, key=lambda r: (_timestamp(r.get("created_at") or r.get("updated_at")), r.get("id") or 0))
+        return bool(latest.get("accepted"))
+    result = annotation.get("review_result")
+    if result is not None:
+        return result in (True, "accepted", *ACCEPTED_ACTIONS)
+    return annotation.get("last_action") in ACCEPTED_ACTIONS
+
+
+def winning_annotation(task: dict, reviewed: bool) -> dict | None:
+    counted = [
+        a for a in task.get("annotations") or []
+        if isinstance(a, dict) and not a.get("was_cancelled") and (not reviewed or review_accepted(a))
+    ]
+    if not counted:
+        return None
+    return max(counted, key=lambda a: (_timestamp(a.get("updated_at")), _timestamp(a.get("created_at")),
+                                       a.get("id") or 0))
+
+
+def _kinds(annotation: dict) -> set[str]:
+    return {item.get("type") for item in annotation.get("result") or [] if isinstance(item, dict)}
+
+
+def image_url(task: dict, config: LabelConfig) -> str | None:
+    data = task.get("data") or {}
+    for image in config.images:
+        value = data.get(image.value.lstrip("$"))
+        if value:
+            return str(value)
+    return None
+
+
+def classify_tasks(project: str, tasks: list[dict], config: LabelConfig) -> ProjectLabels:
+    """Apply the rule of the module docstring to an export (a list of tasks with annotations)."""
+    reviewed = any(has_review_data(a) for t in tasks for a in t.get("annotations") or [] if isinstance(a, dict))
+    labels = ProjectLabels(project, config, reviewed=reviewed)
+    for task in tasks:
+        winner = winning_annotation(task, reviewed)
+        url = image_url(task, config)
+        if winner is None or url is None:
+            continue
+        item = TaskLabel(int(task["id"]), url, int(winner.get("id") or 0), winner)
+        kinds = _kinds(winner)
+        if "brushlabels" in kinds and brush_objects(winner):
+            labels.accepted.append(item)
+        elif "keypointlabels" in kinds:
+            labels.click_only.append(item)
+    labels.accepted.sort(key=lambda t: t.task_id)
+    labels.click_only.sort(key=lambda t: t.task_id)
+    return labels
+
+
+# ------------------------------------------------------------------------------------ the client
+
+
+class LabelStudioClient:
+    """The few REST calls the learning loop makes; every failure names the call."""
+
+    def __init__(self, url: str, token: str, timeout: float = 60.0) -> None:
+        if not url:
+            raise LabelStudioUnavailable(
+                "LABEL_STUDIO_URL is not set (and no /setup announced a host): the retrain job cannot "
+                "read the project's labels"
+            )
+        self.url = url.rstrip("/")
+        self.session = requests.Session()
+        if token:
+            self.session.headers["Authorization"] = f"Token {token}"
+        self.timeout = timeout
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LabelStudioClient:
+        return cls(settings.label_studio_url, settings.label_studio_api_key)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        kwargs.setdefault("timeout", self.timeout)
+        try:
+            response = self.session.request(method, f"{self.url}{path}", **kwargs)
+        except requests.RequestException as exc:
+            raise LabelStudioUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+        if response.status_code >= 400:
+            raise LabelStudioUnavailable(f"{method} {path} -> HTTP {response.status_code}: {response.text[:300]}")
+        return response.json() if response.content else None
+
+    def label_config(self, project: str) -> str:
+        return self.request("GET", f"/api/projects/{project}")["label_config"]
+
+    def export_tasks(self, project: str) -> list[dict]:
+        tasks = self.request("GET", f"/api/projects/{project}/export", params={"exportType": "JSON"})
+        if not isinstance(tasks, list):
+            raise LabelStudioUnavailable(f"export of project {project} is not a list of tasks")
+        return tasks
+
+    def prediction_versions(self, project: str) -> dict[int, set[str]]:
+        found: dict[int, set[str]] = {}
+        for pred in self.request("GET", "/api/predictions", params={"project": project}) or []:
+            found.setdefault(int(pred["task"]), set()).add(str(pred.get("model_version") or ""))
+        return found
+
+    def import_predictions(self, project: str, predictions: list[dict]) -> None:
+        self.request("POST", f"/api/projects/{project}/import/predictions", json=predictions)
+
+
+def fetch_project_labels(client: LabelStudioClient, project: str) -> ProjectLabels:
+    config = parse_label_config(client.label_config(project))
+    labels = classify_tasks(project, client.export_tasks(project), config)
+    labels.predictions = client.prediction_versions(project)
+    log.info(
+        "project %s: %d accepted masks, %d click-only tasks%s", project, len(labels.accepted),
+        len(labels.click_only), " (reviewed project: accepted reviews only)" if labels.reviewed else "",
+    )
+    return labels
+
+
+def to_dataset(items: list[TaskLabel], loader: ImageLoader, name: str) -> Dataset:
+    samples = [
+        Sample(
+            image_path=t.image_url,
+            objects=brush_objects(t.annotation),
+            sample_id=f"task-{t.task_id}",
+            image_loader=lambda url=t.image_url: loader.load(url).rgb,
+            meta={"task_id": t.task_id, "annotation_id": t.annotation_id},
+        )
+        for t in items
+    ]
+    return Dataset(samples, name=name)
+
+
+def split_train_val(items: list[TaskLabel], val_fraction: float) -> tuple[list[TaskLabel], list[TaskLabel]]:
+    """Deterministic split by task id: a task stays on its side as the project grows.
+
+    A task is in validation when a stable hash of its id falls below ``val_fraction``; at least one
+    task goes to each side when there are two or more.
+    """
+    from trainer.protocol import stable_hash
+
+    scored = sorted(items, key=lambda t: stable_hash(("rpsam2-val", t.task_id)))
+    val_ids = {t.task_id for t in items if stable_hash(("rpsam2-val", t.task_id)) / 2**63 < val_fraction}
+    if len(items) >= 2:
+        if not val_ids:
+            val_ids = {scored[0].task_id}
+        if len(val_ids) == len(items):
+            val_ids.discard(scored[-1].task_id)
+    train = [t for t in items if t.task_id not in val_ids]
+    val = [t for t in items if t.task_id in val_ids]
+    return train, val

@@ -1,0 +1,236 @@
+"""``rpsam2-eval``: the paper's Table 1 (and Table 2, heatmaps) on a dataset, in one command.
+
+Example (Cataract-1K test split, SAM2 vs RP-SAM2 vs SAM2-FT, 10 seeds)::
+
+    rpsam2-eval --data /data/cataract-1k --format cataract1k --split test \\
+        --methods sam2,rpsam2,sam2ft --seeds 10 --out runs/eval \\
+        --sam2-config configs/sam2.1/sam2.1_hiera_l.yaml --sam2-checkpoint checkpoints/sam2.1_hiera_large.pt \\
+        --shift-checkpoint runs/train/best --decoder-checkpoint runs/sam2ft --table2 --heatmaps 5
+
+User mistakes (missing data or checkpoints, unknown format, empty split) end with exit status 2 and
+one line on stderr, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from trainer.datasets import FORMATS
+
+METHOD_NAMES = ("sam2", "rpsam2", "sam2ft")
+TESTS = {"wilcoxon": "Wilcoxon signed-rank", "ttest": "paired t-test"}
+PROG = "rpsam2-eval"
+
+
+class UsageError(Exception):
+    """A mistake in the command line or its inputs: message, exit status 2."""
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Evaluate SAM2 / RP-SAM2 / SAM2-FT with the RP-SAM2 paper's protocol (§3.3): mDSC and "
+        "mHD95 as mean±std across seeds, per class, averaged and weighted; paired significance test; "
+        "optional Table 2 (2/3/5 points) and Dice heatmaps.",
+    )
+    data = p.add_argument_group("data")
+    data.add_argument("--data", required=True,
+                      help="dataset root (a Label Studio export file for --format labelstudio)")
+    data.add_argument("--format", required=True, choices=FORMATS, dest="fmt", help="dataset layout")
+    data.add_argument("--split", default=None,
+                      help="split to evaluate (default: test; 'all' for every sample; Label Studio exports have none)")
+    data.add_argument("--fold", type=int, default=None, help="Cataract-1K fold of the split CSVs (default 0)")
+
+    ev = p.add_argument_group("protocol")
+    ev.add_argument("--methods", default="sam2,rpsam2", help=f"comma-separated, from {', '.join(METHOD_NAMES)}")
+    ev.add_argument("--seeds", type=int, default=10, help="number of prompts per object (seeds 0..N-1)")
+    ev.add_argument("--points", type=int, default=1, help="random positive points per object in Table 1")
+    ev.add_argument("--table2", action="store_true", help="also compute Table 2 (see --table2-points), same pass")
+    ev.add_argument("--table2-points", type=_int_list, default=[2, 3, 5], help="point counts of Table 2")
+    ev.add_argument("--test", choices=sorted(TESTS), default="wilcoxon", help="paired significance test")
+    ev.add_argument("--heatmaps", type=int, default=0, help="draw Dice heatmaps for the first N objects")
+    ev.add_argument("--heatmap-objects", default="",
+                    help="comma-separated SAMPLE_ID::OBJECT_ID (or sample ids) to draw heatmaps for")
+    ev.add_argument("--heatmap-points", type=int, default=256, help="grid points per heatmap (about)")
+    ev.add_argument("--out", required=True, help="output folder (report.md, scores.csv, summary.json, heatmaps/)")
+
+    model = p.add_argument_group("models")
+    model.add_argument("--sam2-config", default=None,
+                       help="SAM2 config (default: RPSAM2_SAM2_CONFIG or configs/sam2.1/sam2.1_hiera_l.yaml)")
+    model.add_argument("--sam2-checkpoint", default=None,
+                       help="SAM2 weights (default: RPSAM2_SAM2_CHECKPOINT / RPSAM2_CHECKPOINT_DIR)")
+    model.add_argument("--allow-random-weights", action="store_true",
+                       help="run without a SAM2 checkpoint (random weights; smoke tests only)")
+    model.add_argument("--shift-checkpoint", default=None, help="shift-block directory (rpsam2-train output)")
+    model.add_argument("--decoder-checkpoint", default=None, help="fine-tuned mask decoder directory (SAM2-FT)")
+    model.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or auto (default: RPSAM2_DEVICE or auto)")
+    model.add_argument("--batch-size", type=int, default=64, help="prompts per decoder call")
+    model.add_argument("--cache-dir", default=None,
+                       help="image-embedding cache folder, e.g. rpsam2-train's (stored as float16); "
+                       "default: none -- each image is encoded once per run anyway")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def _methods(text: str, args: argparse.Namespace) -> list[str]:
+    names = [m.strip().lower() for m in text.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METHOD_NAMES]
+    if unknown or not names:
+        raise UsageError(f"--methods: unknown {unknown or 'empty list'}; choose from {', '.join(METHOD_NAMES)}")
+    if len(set(names)) != len(names):
+        raise UsageError(f"--methods lists a method twice: {text!r}")
+    if "rpsam2" in names and not args.shift_checkpoint:
+        raise UsageError("--methods includes rpsam2 but no --shift-checkpoint DIR was given")
+    if "sam2ft" in names and not args.decoder_checkpoint:
+        raise UsageError("--methods includes sam2ft but no --decoder-checkpoint DIR was given")
+    # Checked before the (slow) model build; the contents are checked when loading.
+    checkpoints = (("--shift-checkpoint", args.shift_checkpoint), ("--decoder-checkpoint", args.decoder_checkpoint))
+    for flag, path in checkpoints:
+        if path and not Path(path).is_dir():
+            raise UsageError(f"{flag} {path} does not exist (expected a checkpoint directory)")
+    return names
+
+
+def _load_data(args: argparse.Namespace):
+    from trainer.datasets import load_dataset
+
+    path = Path(args.data)
+    if not path.exists():
+        raise UsageError(f"--data {path} does not exist")
+    split = args.split
+    if split is None:
+        split = None if args.fmt == "labelstudio" else "test"
+    elif split.lower() == "all":
+        split = None
+    options = {}
+    if args.fold is not None:
+        if args.fmt != "cataract1k":
+            raise UsageError("--fold applies to --format cataract1k only")
+        options["fold"] = args.fold
+    try:
+        dataset = load_dataset(path, args.fmt, split, **options)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        raise UsageError(f"cannot load {args.fmt} data from {path}: {exc}") from exc
+    if len(dataset) == 0 or not any(s.objects for s in dataset):
+        which = f"split {split!r}" if split else "dataset"
+        raise UsageError(f"{which} of {path} has no annotated objects to evaluate ({len(dataset)} images)")
+    return dataset, split
+
+
+def _engine(args: argparse.Namespace):
+    from rpsam2_backend.engine.sam2_model import SAM2Engine
+    from rpsam2_backend.settings import Settings
+
+    settings = Settings.from_env()
+    changes: dict = {}
+    if args.sam2_config:
+        changes["sam2_config"] = args.sam2_config
+    if args.sam2_checkpoint:
+        if not Path(args.sam2_checkpoint).is_file():
+            raise UsageError(f"--sam2-checkpoint {args.sam2_checkpoint} does not exist")
+        changes["sam2_checkpoint"] = args.sam2_checkpoint
+    if args.allow_random_weights:
+        changes["allow_random_weights"] = True
+    if args.device:
+        changes["device"] = args.device
+    settings = settings.with_(**changes)
+    checkpoint = settings.resolved_checkpoint()  # ConfigError with the download command when missing
+    return SAM2Engine.build(settings.sam2_config, checkpoint, settings.resolved_device())
+
+
+def _method_specs(names: Sequence[str], args: argparse.Namespace, device) -> dict:
+    from rpsam2_backend.engine.sam2_model import DECODER_WEIGHTS_FILE
+    from rpsam2_backend.engine.shift_block import ShiftBlock
+    from trainer.evaluate import MethodSpec
+
+    specs = {}
+    for name in names:
+        if name == "sam2":
+            specs[name] = MethodSpec.sam2()
+        elif name == "rpsam2":
+            try:
+                block = ShiftBlock.load(args.shift_checkpoint, device=device)
+            except FileNotFoundError as exc:
+                raise UsageError(f"--shift-checkpoint: {exc}") from exc
+            specs[name] = MethodSpec.rpsam2(block, args.shift_checkpoint)
+        else:
+            if not (Path(args.decoder_checkpoint) / DECODER_WEIGHTS_FILE).is_file():
+                raise UsageError(f"--decoder-checkpoint {args.decoder_checkpoint} has no {DECODER_WEIGHTS_FILE} "
+                                 "(write one with the SAM2-FT trainer)")
+            specs[name] = MethodSpec.sam2ft(args.decoder_checkpoint)
+    return specs
+
+
+def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from rpsam2_backend.errors import ConfigError
+    from trainer.candidates import GridSpec
+    from trainer.evaluate import evaluate, select_heatmaps
+
+    for flag in ("seeds", "points", "batch_size", "heatmap_points"):
+        if getattr(args, flag) < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be >= 1")
+    if args.heatmaps < 0:
+        raise UsageError("--heatmaps must be >= 0")
+    names = _methods(args.methods, args)
+    dataset, split = _load_data(args)
+    heatmaps: int | list[str] = args.heatmaps
+    if args.heatmap_objects:
+        heatmaps = [k.strip() for k in args.heatmap_objects.split(",") if k.strip()]
+    try:
+        select_heatmaps(dataset, heatmaps)  # before the (slow) model build
+        engine = _engine(args)
+    except (ValueError, ConfigError) as exc:
+        raise UsageError(str(exc)) from exc
+    specs = _method_specs(names, args, engine.device)
+    cache = None
+    if args.cache_dir and args.cache_dir.lower() != "none":
+        from trainer.feature_cache import FeatureCache
+
+        cache = FeatureCache(engine, Path(args.cache_dir).expanduser())
+    info = {
+        "data_path": str(Path(args.data).resolve()),
+        "format": args.fmt,
+        "split": split or "all",
+        "command": " ".join(shlex.quote(a) for a in [PROG, *argv]),
+    }
+    result = evaluate(
+        dataset, engine, specs, seeds=args.seeds, n_points=args.points,
+        mode="both" if args.table2 else "table1", out_dir=args.out, table2_points=args.table2_points,
+        heatmaps=heatmaps, heatmap_grid=GridSpec(target_points=args.heatmap_points), test=TESTS[args.test],
+        batch_size=args.batch_size, feature_cache=cache, info=info, progress=not args.no_progress,
+    )
+    print(f"report: {result.report_path}\nscores: {result.scores_path}\nsummary: {result.summary_path}")
+    if result.heatmaps:
+        print(f"heatmaps: {len(result.heatmaps)} PNG in {result.out_dir / 'heatmaps'}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)  # argparse itself exits 2 with a message on bad syntax
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args, argv)
+    except UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
