@@ -61,12 +61,12 @@ def _loss_and_distance(trainer: ShiftBlockTrainer, objects, clicks) -> tuple[flo
 def test_training_lowers_compound_loss_and_distance_to_candidates(sam2_engine, voc, voc_feature_cache):
     """Overfit a fixed small set of clicks: the compound loss and the mean distance of the refined
     points to their nearest candidate both go down (the block learns to move clicks)."""
-    config = TrainConfig(steps=8, batch_size=2, points_per_object=3, lr=5e-4, grid=SMALL_GRID, shift=TWO_LAYERS,
+    config = TrainConfig(steps=8, batch_size=2, points_per_object=2, lr=5e-4, grid=SMALL_GRID, shift=TWO_LAYERS,
                          val_seeds=0, progress=False)
     candidates = CandidateGenerator(sam2_engine, config.grid, config.eps)
     objects = prepare_objects([_voc_sample(voc, [0, 1])], voc_feature_cache, candidates)
     trainer = ShiftBlockTrainer(sam2_engine, config, objects, [], voc_feature_cache)
-    clicks = {o.key: click_points(o.mask(), np.random.default_rng([7, i]), 3) for i, o in enumerate(objects)}
+    clicks = {o.key: click_points(o.mask(), np.random.default_rng([7, i]), 2) for i, o in enumerate(objects)}
 
     def batch_clicks():
         return [clicks[trainer.train_objects[i].key] for i in trainer.batch_for_step(trainer.step)]
@@ -77,6 +77,7 @@ def test_training_lowers_compound_loss_and_distance_to_candidates(sam2_engine, v
     loss_after, dist_after = _loss_and_distance(trainer, objects, all_clicks)
 
     assert all(np.isfinite(r["loss"]) for r in rows)
+    print(f"loss {loss_before:.4f} -> {loss_after:.4f}, distance {dist_before:.4f} -> {dist_after:.4f}")
     assert loss_after < 0.8 * loss_before, (loss_before, loss_after)
     assert dist_after < dist_before - 0.01, (dist_before, dist_after)
     # SAM2 stayed frozen: nothing but the shift block has gradients or changed.
@@ -326,3 +327,22 @@ def test_cli_user_errors_exit_2_with_a_message(tmp_path, capsys, monkeypatch, ar
     assert message in err
     assert "Traceback" not in err
     assert not (tmp_path / "out" / "shift_block.safetensors").exists()
+
+
+def test_cli_split_selection_never_trains_on_val_or_test(tmp_path):
+    from trainer.cli_train import _load_data, build_parser
+
+    _folder_dataset(tmp_path / "data", n_images=5)
+    (tmp_path / "data" / "splits").mkdir()
+    (tmp_path / "data" / "splits" / "val.txt").write_text("frame1\n")
+    (tmp_path / "data" / "splits" / "test.txt").write_text("frame2\nframe3\n")
+
+    def load(*extra):
+        args = build_parser().parse_args(["--data", str(tmp_path / "data"), "--format", "folder", "--out", "x", *extra])
+        train, val = _load_data(args)
+        return sorted(s.sample_id for s in train), [s.sample_id for s in val]
+
+    train, val = load()
+    assert (train, val) == (["frame0", "frame4"], ["frame1"])
+    train, val = load("--val-split", "nothing", "--val-fraction", "0")
+    assert (train, val) == (["frame0", "frame1", "frame4"], [])

@@ -11,10 +11,10 @@ The output directory is what the backend loads with ``RPSAM2_SHIFT_CHECKPOINT=ru
 ``training.json`` and ``resume.pt`` (``--resume runs/shift-20pct`` continues an interrupted run).
 
 Splits: training uses ``--train-split`` (default ``train``) when the dataset has it, else every
-sample; validation uses ``--val-split`` (default ``val``) when present, else a stratified
-``--val-fraction`` (default 0.2) carved out of the training samples (0 disables validation;
-the last checkpoint is then kept).  ``--fraction`` then keeps a stratified share of the training
-samples (the paper's 5-60 % subsets).
+sample outside the validation and ``test`` splits; validation uses ``--val-split`` (default
+``val``) when present, else a stratified ``--val-fraction`` (default 0.2) carved out of the
+training samples (0 disables validation; the last checkpoint is then kept).  ``--fraction`` then
+keeps a stratified share of the training samples (the paper's 5-60 % subsets).
 
 User mistakes (missing paths, bad values, no SAM2 checkpoint) end with exit status 2 and one line on
 stderr, no traceback.
@@ -139,11 +139,14 @@ def _load_data(args: argparse.Namespace):
     except (FileNotFoundError, ValueError, KeyError, OSError) as exc:
         raise UsageError(f"cannot load {args.fmt} data from {path}: {exc}") from exc
 
-    train = dataset.split(args.train_split) if args.train_split in dataset.splits else dataset
+    if args.train_split in dataset.splits:
+        train, train_how = dataset.split(args.train_split), f"split {args.train_split!r}"
+    else:  # everything but the held-out splits: never train on validation or test images
+        held_out = {k for name in (args.val_split, "test") for k in dataset.splits.get(name, ())}
+        train = dataset.subset(s.sample_id for s in dataset if s.sample_id not in held_out)
+        train_how = "all samples" + (" outside the val/test splits" if held_out else "")
     if args.val_split in dataset.splits:
         val = dataset.split(args.val_split)
-        if args.train_split not in dataset.splits:  # never validate on training images
-            train = dataset.subset(s.sample_id for s in dataset if s.sample_id not in dataset.splits[args.val_split])
         how = f"split {args.val_split!r}"
     elif args.val_fraction > 0 and len(train) >= 2:
         val, train = train.stratified_subset(args.val_fraction, args.seed)
@@ -154,8 +157,7 @@ def _load_data(args: argparse.Namespace):
         train, _ = train.stratified_subset(args.fraction, args.seed)
     if not any(s.objects for s in train):
         raise UsageError(f"no annotated objects to train on in {path} ({len(train)} training images)")
-    log.info("data: %d training images (%s), %d validation images (%s)", len(train),
-             f"split {args.train_split!r}" if args.train_split in dataset.splits else "all samples", len(val), how)
+    log.info("data: %d training images (%s), %d validation images (%s)", len(train), train_how, len(val), how)
     return train, val
 
 
