@@ -31,6 +31,7 @@ from rq.worker import SimpleWorker
 from rpsam2_backend.errors import ConfigError
 from rpsam2_backend.settings import Settings
 from rpsam2_backend.worker_presence import (
+    TTL_BEATS,
     is_alive,
     publish,
     reap_abandoned,
@@ -41,7 +42,6 @@ from rpsam2_backend.worker_presence import (
 log = logging.getLogger("rpsam2_backend.worker")
 
 RQ_WORKER_TTL = 60  # rq's own registration; liveness for routing comes from presence keys
-MAINTENANCE_INTERVAL = 30  # rq registry cleanup + our reaping of abandoned jobs
 
 
 def queue_names(spec: str, settings: Settings, name: str) -> list[str]:
@@ -64,6 +64,13 @@ class RPSAM2Worker(SimpleWorker):
     """SimpleWorker that knows its current job and reaps jobs abandoned by dead workers."""
 
     click_queue = ""
+    # rq blocks in dequeue for worker_ttl - 15 s and only runs maintenance in between; an idle
+    # worker must wake up about once per presence lifetime to reap a dead peer's job promptly.
+    idle_wakeup = 10
+
+    @property
+    def dequeue_timeout(self) -> int:
+        return self.idle_wakeup
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -220,6 +227,8 @@ def serve(
             **runtime_summary(runtime),
         }
 
+    # Reap abandoned jobs about when a dead worker's presence key has expired.
+    maintenance_every = max(5, int(TTL_BEATS * settings.worker_heartbeat))
     stopping = threading.Event()
     presence = Presence(settings.redis_url, settings.worker_heartbeat, describe)
     first, backoff = True, 1.0
@@ -233,10 +242,11 @@ def serve(
                 first = False
                 worker = RPSAM2Worker(  # talks to Redis already (CLIENT SETNAME)
                     queues, name=name, connection=conn, default_result_ttl=settings.result_ttl,
-                    worker_ttl=RQ_WORKER_TTL, maintenance_interval=MAINTENANCE_INTERVAL,
+                    worker_ttl=RQ_WORKER_TTL, maintenance_interval=maintenance_every,
                     log_job_description=False,  # job arguments hold image URLs, maybe signed ones
                 )
                 worker.click_queue, worker.counts = settings.click_queue, counts
+                worker.idle_wakeup = maintenance_every
                 # A worker of this name that crashed left rq's registration behind; it is dead
                 # (no presence key), so this one takes the name over.
                 conn.delete(worker.key)
