@@ -14,7 +14,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from benchmarks.common import Row, engine, fmt_ratio, fmt_s, median, test_image, test_object, warm_encoder
+from benchmarks.common import (
+    LARGE_CONFIG,
+    TINY_CONFIG,
+    Row,
+    engine,
+    fmt_ratio,
+    fmt_s,
+    median,
+    test_image,
+    test_object,
+    warm_encoder,
+)
 
 TARGET = 20.0
 
@@ -53,7 +64,19 @@ def _trainer(eng, image: np.ndarray, gt: np.ndarray, memory_bytes: int, points_p
 
 def run(quick: bool = False, reps: int | None = None, image: np.ndarray | None = None,
         gt: np.ndarray | None = None, points_per_object: int = 10) -> list[Row]:
-    eng = engine()
+    """hiera_t always; the paper's hiera_l too in a full run.  The decoder and the shift block are
+    the same size for every SAM2 variant, so only the encode (the cost caching removes) grows:
+    the target applies to hiera_l, the encoder the paper trains with."""
+    configs = [TINY_CONFIG] if quick else [TINY_CONFIG, LARGE_CONFIG]
+    return [
+        _row(config, quick, reps, image, gt, points_per_object, target=config == LARGE_CONFIG)
+        for config in configs
+    ]
+
+
+def _row(config: str, quick: bool, reps: int | None, image: np.ndarray | None, gt: np.ndarray | None,
+         points_per_object: int, target: bool) -> Row:
+    eng = engine(config)
     image = test_image() if image is None else image
     gt = test_object() if gt is None else gt
     reps = reps or (1 if quick else 2)
@@ -67,7 +90,7 @@ def run(quick: bool = False, reps: int | None = None, image: np.ndarray | None =
         trainer.train_step()
         return time.perf_counter() - start
 
-    warm_encoder()
+    warm_encoder(config)
     # Warm-up on the cached side only (first backward allocates autograd buffers); the uncached
     # side's steps differ from it only by the encode, and the encoder is warm.
     step(cached)
@@ -83,14 +106,13 @@ def run(quick: bool = False, reps: int | None = None, image: np.ndarray | None =
         )
     a, b = median(cold_s), median(cached_s)
     ratio = a / b
-    return [
-        Row(
-            f"training step ({points_per_object} clicks)",
-            f"re-encode {fmt_s(a)}",
-            f"cached {fmt_s(b)}",
-            fmt_ratio(ratio),
-            f">= {TARGET:g}x",
-            ratio >= TARGET,
-            {"reencode_step_s": a, "cached_step_s": b, "ratio": ratio},
-        )
-    ]
+    name = config.rsplit("/", 1)[-1].removesuffix(".yaml").removeprefix("sam2.1_")
+    return Row(
+        f"training step, {name} ({points_per_object} clicks)",
+        f"re-encode {fmt_s(a)}",
+        f"cached {fmt_s(b)}",
+        fmt_ratio(ratio),
+        f">= {TARGET:g}x" if target else "(report)",
+        ratio >= TARGET if target else None,
+        {"reencode_step_s": a, "cached_step_s": b, "ratio": ratio},
+    )

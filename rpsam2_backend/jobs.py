@@ -16,6 +16,17 @@ from rpsam2_backend.labelstudio.brush import mask_to_rle
 from rpsam2_backend.runtime import Runtime, get_runtime
 
 
+def _job_features(payload: dict) -> tuple[Runtime, ImageFeatures, bool]:
+    """The job's runtime (with any newly promoted version loaded) and its image's features."""
+    rt = get_runtime()
+    rt.refresh_versions()
+    url = payload.get("image_url")
+    if not url:
+        raise BadRequest("job payload has no image_url")
+    features, encoded = _features(rt, url, payload.get("label_studio"))
+    return rt, features, encoded
+
+
 def _features(rt: Runtime, url: str, label_studio: dict | None) -> tuple[ImageFeatures, bool]:
     image, key = rt.load_image(url, label_studio)
     if image is None:
@@ -43,12 +54,7 @@ def _clicks(payload: dict, width: int, height: int) -> list[Click]:
 def segment_job(payload: dict) -> dict:
     """{"image_url", "clicks": [{"x": %, "y": %, "positive"}]} -> brush RLE of the mask."""
     started = time.perf_counter()
-    rt = get_runtime()
-    rt.refresh_versions()
-    url = payload.get("image_url")
-    if not url:
-        raise BadRequest("job payload has no image_url")
-    features, encoded = _features(rt, url, payload.get("label_studio"))
+    rt, features, encoded = _job_features(payload)
     height, width = features.orig_hw
     clicks = _clicks(payload, width, height)
     try:
@@ -71,10 +77,5 @@ def segment_job(payload: dict) -> dict:
 
 def preencode_job(payload: dict) -> dict:
     """Encode a task's image ahead of the first click (Label Studio opened the task)."""
-    rt = get_runtime()
-    rt.refresh_versions()
-    url = payload.get("image_url")
-    if not url:
-        raise BadRequest("job payload has no image_url")
-    features, encoded = _features(rt, url, payload.get("label_studio"))
+    _, features, encoded = _job_features(payload)
     return {"encoded": encoded, "height": features.orig_hw[0], "width": features.orig_hw[1]}

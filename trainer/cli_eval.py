@@ -14,12 +14,11 @@ one line on stderr, no traceback.
 from __future__ import annotations
 
 import argparse
-import logging
 import shlex
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from trainer.cli_common import UsageError, add_sam2_arguments, build_engine, run_cli
 from trainer.datasets import FORMATS
 
 METHOD_NAMES = ("sam2", "rpsam2", "sam2ft")
@@ -27,8 +26,6 @@ TESTS = {"wilcoxon": "Wilcoxon signed-rank", "ttest": "paired t-test"}
 PROG = "rpsam2-eval"
 
 
-class UsageError(Exception):
-    """A mistake in the command line or its inputs: message, exit status 2."""
 
 
 def _int_list(text: str) -> list[int]:
@@ -70,15 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", required=True, help="output folder (report.md, scores.csv, summary.json, heatmaps/)")
 
     model = p.add_argument_group("models")
-    model.add_argument("--sam2-config", default=None,
-                       help="SAM2 config (default: RPSAM2_SAM2_CONFIG or configs/sam2.1/sam2.1_hiera_l.yaml)")
-    model.add_argument("--sam2-checkpoint", default=None,
-                       help="SAM2 weights (default: RPSAM2_SAM2_CHECKPOINT / RPSAM2_CHECKPOINT_DIR)")
-    model.add_argument("--allow-random-weights", action="store_true",
-                       help="run without a SAM2 checkpoint (random weights; smoke tests only)")
+    add_sam2_arguments(model)
     model.add_argument("--shift-checkpoint", default=None, help="shift-block directory (rpsam2-train output)")
     model.add_argument("--decoder-checkpoint", default=None, help="fine-tuned mask decoder directory (SAM2-FT)")
-    model.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or auto (default: RPSAM2_DEVICE or auto)")
     model.add_argument("--batch-size", type=int, default=64, help="prompts per decoder call")
     model.add_argument("--cache-dir", default=None,
                        help="image-embedding cache folder, e.g. rpsam2-train's (stored as float16); "
@@ -132,25 +123,6 @@ def _load_data(args: argparse.Namespace):
     return dataset, split
 
 
-def _engine(args: argparse.Namespace):
-    from rpsam2_backend.engine.sam2_model import SAM2Engine
-    from rpsam2_backend.settings import Settings
-
-    settings = Settings.from_env()
-    changes: dict = {}
-    if args.sam2_config:
-        changes["sam2_config"] = args.sam2_config
-    if args.sam2_checkpoint:
-        if not Path(args.sam2_checkpoint).is_file():
-            raise UsageError(f"--sam2-checkpoint {args.sam2_checkpoint} does not exist")
-        changes["sam2_checkpoint"] = args.sam2_checkpoint
-    if args.allow_random_weights:
-        changes["allow_random_weights"] = True
-    if args.device:
-        changes["device"] = args.device
-    settings = settings.with_(**changes)
-    checkpoint = settings.resolved_checkpoint()  # ConfigError with the download command when missing
-    return SAM2Engine.build(settings.sam2_config, checkpoint, settings.resolved_device())
 
 
 def _method_specs(names: Sequence[str], args: argparse.Namespace, device) -> dict:
@@ -193,7 +165,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         heatmaps = [k.strip() for k in args.heatmap_objects.split(",") if k.strip()]
     try:
         select_heatmaps(dataset, heatmaps)  # before the (slow) model build
-        engine = _engine(args)
+        engine = build_engine(args)
     except (ValueError, ConfigError) as exc:
         raise UsageError(str(exc)) from exc
     specs = _method_specs(names, args, engine.device)
@@ -221,15 +193,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args = parser.parse_args(argv)  # argparse itself exits 2 with a message on bad syntax
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args, argv)
-    except UsageError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+    return run_cli(PROG, build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -26,10 +26,10 @@ import argparse
 import logging
 import os
 import shlex
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from trainer.cli_common import UsageError, add_sam2_arguments, build_engine, run_cli
 from trainer.datasets import FORMATS
 
 PROG = "rpsam2-train"
@@ -38,8 +38,6 @@ DEFAULT_CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expand
 log = logging.getLogger(__name__)
 
 
-class UsageError(Exception):
-    """A mistake in the command line or its inputs: message, exit status 2."""
 
 
 def _positive_int(text: str) -> int:
@@ -108,13 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
 
     model = p.add_argument_group("SAM2")
-    model.add_argument("--sam2-config", default=None,
-                       help="SAM2 config (default: RPSAM2_SAM2_CONFIG or configs/sam2.1/sam2.1_hiera_l.yaml)")
-    model.add_argument("--sam2-checkpoint", default=None,
-                       help="SAM2 weights (default: RPSAM2_SAM2_CHECKPOINT / RPSAM2_CHECKPOINT_DIR)")
-    model.add_argument("--allow-random-weights", action="store_true",
-                       help="run without a SAM2 checkpoint (random weights; smoke tests only)")
-    model.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or auto (default: RPSAM2_DEVICE or auto)")
+    add_sam2_arguments(model)
     model.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR,
                        help=f"embedding + candidate cache (default {DEFAULT_CACHE_DIR}; 'none' for memory only)")
     model.add_argument("--feature-memory-mb", type=_positive_int, default=2048,
@@ -161,24 +153,6 @@ def _load_data(args: argparse.Namespace):
     return train, val
 
 
-def _engine(args: argparse.Namespace):
-    from rpsam2_backend.engine.sam2_model import SAM2Engine
-    from rpsam2_backend.settings import Settings
-
-    changes: dict = {}
-    if args.sam2_config:
-        changes["sam2_config"] = args.sam2_config
-    if args.sam2_checkpoint:
-        if not Path(args.sam2_checkpoint).is_file():
-            raise UsageError(f"--sam2-checkpoint {args.sam2_checkpoint} does not exist")
-        changes["sam2_checkpoint"] = args.sam2_checkpoint
-    if args.allow_random_weights:
-        changes["allow_random_weights"] = True
-    if args.device:
-        changes["device"] = args.device
-    settings = Settings.from_env().with_(**changes)
-    checkpoint = settings.resolved_checkpoint()  # ConfigError with the download command when missing
-    return SAM2Engine.build(settings.sam2_config, checkpoint, settings.resolved_device())
 
 
 def _config(args: argparse.Namespace):
@@ -226,7 +200,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     config = _config(args)
     train, val = _load_data(args)
     try:
-        engine = _engine(args)
+        engine = build_engine(args)
     except ConfigError as exc:
         raise UsageError(str(exc)) from exc
     torch.manual_seed(args.seed)
@@ -247,14 +221,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)  # argparse exits 2 with a message on bad syntax
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args, argv)
-    except UsageError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+    return run_cli(PROG, build_parser(), run, argv)
 
 
 if __name__ == "__main__":
