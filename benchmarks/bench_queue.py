@@ -186,24 +186,45 @@ def run(quick: bool = False, clicks: int | None = None) -> list[Row]:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log line per click
     stack = Stack(image, torch.get_num_threads())
     try:
+        from rpsam2_backend.dispatch import SEGMENT_JOB
+        from rpsam2_backend.rq_dispatch import RQDispatcher
+
+        dispatcher = RQDispatcher(stack.settings)
         stack.click(*positions[0])  # the worker encodes the image
-        web, direct = [], []
-        for i in range(clicks + 3):  # 3 warm-up pairs
+        web, direct, queued, job = [], [], [], []
+        for i in range(clicks + 3):  # 3 warm-up rounds
             x, y = positions[i % len(positions)]
             start = time.perf_counter()
             stack.click(x, y)
             t_web = time.perf_counter() - start
+            # The same click through RQ alone (no HTTP): splits the overhead into queue and web.
+            payload = {"image_url": stack.url, "clicks": [{"x": x, "y": y, "positive": True}]}
+            start = time.perf_counter()
+            result = dispatcher.call(SEGMENT_JOB, payload, routing_key=stack.url)
+            t_queue = time.perf_counter() - start
             start = time.perf_counter()
             bare.segment(None, [Click(x / 100.0 * w, y / 100.0 * h)], features=features)
             t_bare = time.perf_counter() - start
             if i >= 3:
                 web.append(t_web)
+                queued.append(t_queue)
+                job.append(result["seconds"])
                 direct.append(t_bare)
     finally:
         stack.close()
     web_p50, web_p95 = percentile(web, 50) * 1e3, percentile(web, 95) * 1e3
     bare_p50, bare_p95 = percentile(direct, 50) * 1e3, percentile(direct, 95) * 1e3
     overhead = web_p50 - bare_p50
+    queue_p50, job_p50 = percentile(queued, 50) * 1e3, percentile(job, 50) * 1e3
+    split = Row(
+        "  split of that overhead (p50)",
+        f"RQ round trip {queue_p50:.1f} ms (job inside worker {job_p50:.1f} ms)",
+        f"web layer (HTTP+Flask) +{web_p50 - queue_p50:.1f} ms",
+        f"RQ +{queue_p50 - job_p50:.1f} ms",
+        "(report)",
+        None,
+        {"rq_p50_ms": queue_p50, "job_p50_ms": job_p50, "web_layer_ms": web_p50 - queue_p50},
+    )
     return [
         Row(
             f"queue overhead, {clicks} clicks",
@@ -214,5 +235,6 @@ def run(quick: bool = False, clicks: int | None = None) -> list[Row]:
             overhead <= TARGET_MS,
             {"web_p50_ms": web_p50, "web_p95_ms": web_p95, "bare_p50_ms": bare_p50, "bare_p95_ms": bare_p95,
              "overhead_p50_ms": overhead, "clicks": float(clicks)},
-        )
+        ),
+        split,
     ]
