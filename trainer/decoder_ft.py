@@ -144,7 +144,7 @@ def train_decoder(
             low_res, _ = decode_with(engine, decoder, feats, coords, multimask=True)
             loss = _loss(low_res.float(), obj.target) / len(batch)
             loss.backward()
-            total += float(loss)
+            total += float(loss.detach())
         torch.nn.utils.clip_grad_norm_(decoder.parameters(), 1.0)
         optimizer.step()
         losses.append(total)
