@@ -69,7 +69,7 @@ checkpoints:
 test: venv ls-venv system-deps browser-deps
 	$(BIN)/python -m pytest
 
-test-fast: venv
+test-fast: venv system-deps
 	$(BIN)/python -m pytest -m "not labelstudio and not browser and not slow"
 
 lint: venv
