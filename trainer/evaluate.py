@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from rpsam2_backend.engine.predictor import RPSAM2Predictor
 from rpsam2_backend.engine.sam2_model import DecoderSwapper, ImageFeatures, SAM2Engine
@@ -88,25 +87,6 @@ class MethodSpec:
         return ", ".join(parts)
 
 
-class _DisplacementRecorder(nn.Module):
-    """Wraps a shift block to keep its input and output points (normalised).
-
-    ``RPSAM2Predictor.refine`` returns ``(p/W + shift) * W``, which in float32 is not always ``p``
-    when the shift is zero; adding the block's displacement to the original pixel point instead
-    makes "no shift" bit-identical to plain SAM2 (the identity the evaluation relies on).
-    """
-
-    def __init__(self, block: ShiftBlock) -> None:
-        super().__init__()
-        self.block = block
-        self.last: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def forward(self, points: torch.Tensor, point_embed: torch.Tensor, image_embed: torch.Tensor) -> torch.Tensor:
-        refined = self.block(points, point_embed, image_embed)
-        self.last = (points, refined)
-        return refined
-
-
 class _DecoderState:
     """Which mask decoder weights are loaded: the released ones (None) or a SAM2-FT directory."""
 
@@ -147,24 +127,18 @@ class _MethodRunner:
         self.spec = spec
         self.batch_size = max(1, int(batch_size))
         self.predictor: RPSAM2Predictor | None = None
-        self.recorder: _DisplacementRecorder | None = None
         if spec.shift_block is not None:
             block = spec.shift_block.to(engine.device).eval()
             for p in block.parameters():
                 p.requires_grad_(False)
             self.predictor = RPSAM2Predictor(engine, block)
-            self.recorder = _DisplacementRecorder(block)
 
     @torch.no_grad()
     def shift_first(self, features: ImageFeatures, first_px: torch.Tensor) -> torch.Tensor:
-        """(B, 2) pixel points -> the shift block's points, as ``p + displacement`` (see recorder)."""
-        assert self.predictor is not None and self.recorder is not None
-        self.predictor.refine(features, first_px.to(self.engine.device), block=self.recorder)
-        assert self.recorder.last is not None
-        norm_in, norm_out = self.recorder.last
-        h, w = features.orig_hw
-        size = torch.tensor([w, h], dtype=first_px.dtype, device=first_px.device)
-        return first_px + (norm_out - norm_in).to(first_px.device, first_px.dtype) * size
+        """(B, 2) pixel points -> the shift block's points (a zero shift returns them bit-for-bit)."""
+        assert self.predictor is not None
+        moved = self.predictor.refine(features, first_px.to(self.engine.device))
+        return moved.to(first_px.device, first_px.dtype)
 
     @torch.no_grad()
     def predict(self, features: ImageFeatures, points_px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
