@@ -21,6 +21,15 @@ import numpy as np
 TINY_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
 LARGE_CONFIG = "configs/sam2.1/sam2.1_hiera_l.yaml"
 TABLE_HEADER = ("measurement", "A", "B", "ratio", "target", "met?")
+# Where SAM2 runs ("cpu" unless `python -m benchmarks.run --device cuda`); the targets are for the CPU.
+DEVICE = os.environ.get("RPSAM2_BENCH_DEVICE", "cpu")
+
+
+def set_device(device: str) -> None:
+    global DEVICE
+    DEVICE = device
+    _ENGINES.clear()
+    _FEATURES.clear()
 
 
 @dataclass
@@ -52,6 +61,17 @@ def measure(fn: Callable[[], object], reps: int, warmup: int = 1) -> list[float]
     for _ in range(warmup):
         fn()
     return [timed(fn)[0] for _ in range(max(1, reps))]
+
+
+def flop_count(fn: Callable[[], object]) -> int:
+    """FLOPs of one call of ``fn`` (matrix products and convolutions, forward and backward), as
+    torch.utils.flop_counter counts them.  The ratio of two sides' FLOPs is what their time ratio
+    would be on hardware that ran both at the same FLOP rate: the ceiling for a compute-bound run."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
 
 
 def median(xs: list[float]) -> float:
@@ -119,13 +139,21 @@ def machine_info() -> dict[str, str]:
         "machine": f"{cpu_model()}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}",
         "load average at start (1, 5, 15 min)": load,
         "torch threads": str(torch.get_num_threads()),
-        "device": "cpu",
+        "device": _device_name(),
         "python": platform.python_version(),
         "versions": ", ".join(
             f"{d} {_version(d)}"
             for d in ("torch", "sam2", "numpy", "label-studio-sdk", "label-studio-ml", "rq", "redis", "flask")
         ),
     }
+
+
+def _device_name() -> str:
+    import torch
+
+    if DEVICE.startswith("cuda") and torch.cuda.is_available():
+        return f"{DEVICE} ({torch.cuda.get_device_name(DEVICE)})"
+    return DEVICE
 
 
 _ENGINES: dict[str, object] = {}
@@ -139,7 +167,7 @@ def engine(config: str = TINY_CONFIG):
         from rpsam2_backend.engine.sam2_model import SAM2Engine
 
         torch.manual_seed(0)
-        _ENGINES[config] = SAM2Engine.build(config, None, "cpu")
+        _ENGINES[config] = SAM2Engine.build(config, None, DEVICE)
     return _ENGINES[config]
 
 

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["MODEL_DIR"] = args.model_dir
 
     from rpsam2_backend.errors import ConfigError
-    from rpsam2_backend.server import create_app
+    from rpsam2_backend.server import KeepAliveRequestHandler, create_app
     from rpsam2_backend.settings import get_settings
 
     try:
@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.check:
         print("rpsam2-backend: settings and model OK")
         return
-    app.run(host=args.host, port=args.port, debug=args.debug, threaded=True, use_reloader=False)
+    app.run(host=args.host, port=args.port, debug=args.debug, threaded=True, use_reloader=False,
+            request_handler=KeepAliveRequestHandler)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from rpsam2_backend.dispatch import PREENCODE_JOB, SEGMENT_JOB
 from rpsam2_backend.errors import BadRequest
 from rpsam2_backend.labelstudio.clicks import ClickRequest, parse_context
 from rpsam2_backend.labelstudio.label_config import LabelConfig, parse_label_config
+from rpsam2_backend.labelstudio.rle_json import RLEBytes
 from rpsam2_backend.web_state import get_web_state
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ class RPSAM2Model(LabelStudioMLBase):
                     "original_width": result["width"],
                     "original_height": result["height"],
                     "image_rotation": 0,
-                    "value": {"format": "rle", "rle": result["rle"], "brushlabels": [request.label]},
+                    "value": {"format": "rle", "rle": RLEBytes(result["rle"]), "brushlabels": [request.label]},
                 }
             ],
             "model_version": result.get("model_version") or self.model_version,

@@ -135,15 +135,19 @@ class RQDispatcher:
 
     def _enqueue(self, job: str, payload: dict, routing_key: str | None):
         queue_name, chosen, live = self._route(routing_key)
-        rq_job = Queue(queue_name, connection=self.redis).enqueue(
-            job,
-            payload,
-            job_timeout=self.settings.job_timeout,
-            result_ttl=self.settings.result_ttl,
-            failure_ttl=self.settings.failure_ttl,
-            # Safety net if this process dies while waiting: the job leaves the queue by itself.
-            ttl=math.ceil(self.settings.predict_timeout) + 5,
-        )
+        # One transaction: without a pipeline rq registers the queue in a round trip of its own.
+        with self.redis.pipeline() as pipe:
+            rq_job = Queue(queue_name, connection=self.redis).enqueue(
+                job,
+                payload,
+                job_timeout=self.settings.job_timeout,
+                result_ttl=self.settings.result_ttl,
+                failure_ttl=self.settings.failure_ttl,
+                # Safety net if this process dies while waiting: the job leaves the queue by itself.
+                ttl=math.ceil(self.settings.predict_timeout) + 5,
+                pipeline=pipe,
+            )
+            pipe.execute()
         return rq_job, queue_name, chosen, live
 
     def _call(self, job: str, payload: dict, routing_key: str | None) -> dict:
@@ -155,14 +159,18 @@ class RQDispatcher:
             if remaining <= 0:
                 return self._give_up(rq_job, queue_name, live)
             result_key = Result.get_key(rq_job.id)
-            if self.redis.xread({result_key: "0-0"}, block=max(1, int(min(remaining, poll) * 1000))):
-                return self._outcome(rq_job)
+            streams = self.redis.xread({result_key: "0-0"}, block=max(1, int(min(remaining, poll) * 1000)))
+            if streams:
+                # The entry XREAD returned is the result itself: no second read of the stream.
+                result_id, fields = streams[0][1][-1]
+                result = Result.restore(rq_job.id, result_id.decode(), fields, connection=self.redis,
+                                        serializer=rq_job.serializer)
+                return self._outcome(rq_job, result)
             if self._check_worker(rq_job, queue_name, chosen):
                 log.info("worker %s is gone; click job %s moves to a live worker", chosen, rq_job.id)
                 rq_job, queue_name, chosen, live = self._enqueue(job, payload, routing_key)
 
-    def _outcome(self, rq_job) -> dict:
-        result = rq_job.latest_result()
+    def _outcome(self, rq_job, result: Result) -> dict:
         if result.type == Result.Type.SUCCESSFUL:
             value = result.return_value
             if not isinstance(value, dict):
@@ -207,7 +215,7 @@ class RQDispatcher:
         timeout = self.settings.predict_timeout
         result = rq_job.latest_result()  # it may have landed just now
         if result is not None:
-            return self._outcome(rq_job)
+            return self._outcome(rq_job, result)
         status, worker = self.redis.hmget(rq_job.key, "status", "worker_name")
         if status == b"started":
             # Let it finish: the embedding it computes serves the next click on this image.

@@ -77,6 +77,16 @@ class RPSAM2Worker(SimpleWorker):
         self.current_job: str | None = None
         self.counts = {"ok": 0, "failed": 0}  # shared across restarts of the loop by serve()
 
+    def heartbeat(self, timeout: int | None = None, pipeline=None) -> None:
+        # Without a pipeline rq sends the heartbeat's three commands one round trip each, twice
+        # around every job; one round trip instead (a click waits for the first one).
+        if pipeline is not None:
+            super().heartbeat(timeout, pipeline)
+            return
+        with self.connection.pipeline(transaction=False) as pipe:
+            super().heartbeat(timeout, pipe)
+            pipe.execute()
+
     def execute_job(self, job, queue) -> None:
         self.current_job = job.id
         try:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import decode_rle
 
+from rpsam2_backend.labelstudio.brush import rle_to_mask
 from rpsam2_backend.runtime import Runtime, set_runtime
 from rpsam2_backend.server import create_app
 from tests.conftest import make_random_settings, save_png
@@ -207,3 +208,120 @@ def test_images_come_from_the_host_and_token_that_setup_announced(backend, voc):
         assert seen and seen[0] == ("/data/upload/1/abc-voc.png", "Token setup-token")
     finally:
         server.shutdown()
+
+
+def test_segment_job_returns_rle_bytes_that_predict_writes_as_a_json_list(backend):
+    """Jobs return the RLE as bytes (cheap through Redis); /predict still answers a list of ints."""
+    from rpsam2_backend.jobs import segment_job
+
+    client, _ = backend
+    result = segment_job({"image_url": "/data/local-files/?d=voc.png", "clicks": [{"x": 35.0, "y": 45.0}]})
+    assert type(result["rle"]) is bytes
+    assert (result["height"], result["width"]) == (375, 500)
+    assert 0 < result["decode_seconds"] <= result["seconds"]
+    job_mask = rle_to_mask(result["rle"], 375, 500)
+    assert job_mask.sum() == result["area"] > 0
+
+    resp = client.post("/predict", json=predict_body([click(35.0, 45.0)]))
+    assert resp.status_code == 200, resp.data
+    assert b'"rle":[' in resp.data  # a compact JSON array in the body, not a string or an object
+    rle = resp.get_json()["results"][0]["result"][0]["value"]["rle"]
+    assert isinstance(rle, list) and all(type(v) is int and 0 <= v <= 255 for v in rle)
+    assert rle == list(result["rle"])
+    np.testing.assert_array_equal(rle_to_mask(rle, 375, 500), job_mask)
+    mask, _ = the_mask(resp)  # and the sdk decoder agrees
+    np.testing.assert_array_equal(mask, job_mask)
+
+
+@pytest.fixture
+def keep_alive_server(backend):
+    """The module's app (from create_app) behind werkzeug's threaded server with HTTP/1.1 keep-alive."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    from rpsam2_backend.server import KeepAliveRequestHandler
+
+    client, _ = backend
+    server = make_server("127.0.0.1", 0, client.application, threaded=True, request_handler=KeepAliveRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_port
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=30)
+
+
+def test_keep_alive_server_answers_several_requests_on_one_connection(keep_alive_server):
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", keep_alive_server, timeout=120)
+    try:
+        conn.request("POST", "/predict", body=b"{not json", headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        body = json.loads(resp.read())
+        assert resp.status == 400 and "JSON" in body["detail"]
+        assert resp.version == 11 and not resp.will_close
+        sock = conn.sock
+        assert sock is not None  # http.client drops the socket when the server closes the connection
+
+        conn.request("GET", "/health")
+        resp = conn.getresponse()
+        assert resp.status == 200 and json.loads(resp.read())["status"] == "UP"
+        assert resp.version == 11 and not resp.will_close
+        assert conn.sock is sock  # the same TCP connection, not a new one
+
+        body = json.dumps(predict_body([click(30.0, 40.0)])).encode()
+        conn.request("POST", "/predict", body=body, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.version == 11
+        result = json.loads(resp.read())["results"][0]["result"][0]
+        assert rle_to_mask(result["value"]["rle"], 375, 500).any()
+        assert conn.sock is sock
+    finally:
+        conn.close()
+
+
+def test_keep_alive_server_closes_a_connection_whose_body_was_left_unread():
+    """werkzeug 2.0 keeps no track of an unread body: a reused connection would parse its bytes
+    as the next request (HTTP 400).  The handler closes such a connection and says so; a body the
+    application read keeps the connection open."""
+    import http.client
+    import threading
+
+    from flask import Flask
+    from flask import request as flask_request
+    from werkzeug.serving import make_server
+
+    from rpsam2_backend.server import KeepAliveRequestHandler
+
+    app = Flask("keep-alive-probe")
+    app.add_url_rule("/refuse", "refuse", lambda: ("no", 401), methods=["POST"])  # body never read
+    app.add_url_rule("/echo", "echo", lambda: flask_request.get_data(), methods=["POST"])
+    app.add_url_rule("/ping", "ping", lambda: "pong")
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=KeepAliveRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    conn = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=60)
+    try:
+        conn.request("POST", "/echo", body=b"abc" * 1000)
+        resp = conn.getresponse()
+        assert (resp.status, resp.read()) == (200, b"abc" * 1000) and not resp.will_close
+        sock = conn.sock
+
+        conn.request("POST", "/refuse", body=b"GET /ping HTTP/1.1\r\n\r\n" * 50)
+        resp = conn.getresponse()
+        assert (resp.status, resp.read()) == (401, b"no")
+        assert resp.getheader("Connection") == "close" and resp.will_close
+
+        conn.request("GET", "/ping")  # http.client opens a new connection, as told
+        resp = conn.getresponse()
+        assert (resp.status, resp.read()) == (200, b"pong")
+        assert conn.sock is not sock
+    finally:
+        conn.close()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=30)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from label_studio_sdk.converter import brush as sdk
 
-from rpsam2_backend.labelstudio.brush import decode_bytes, encode_bytes, mask_to_rle, rle_to_mask
+from rpsam2_backend.labelstudio.brush import decode_bytes, encode_bytes, mask_to_rle, mask_to_rle_bytes, rle_to_mask
 
 RNG = np.random.default_rng(20240611)
 
@@ -186,3 +186,41 @@ def test_mask_must_be_non_empty_2d(shape: tuple[int, ...]) -> None:
 def test_non_positive_size_is_rejected() -> None:
     with pytest.raises(ValueError, match="positive"):
         rle_to_mask(mask_to_rle(np.ones((2, 2), bool)), 0, 4)
+
+
+# --- mask_to_rle_bytes: what jobs return (bytes cross Redis; the web side writes them as JSON) ---
+
+
+def _long_runs_around_noise(height: int, width: int) -> np.ndarray:
+    mask = np.zeros((height, width), np.uint8)  # top: one background run far longer than 2**16 bytes
+    band = slice(height // 3, height // 2)
+    mask[band] = (RNG.random(mask[band].shape) < 0.5) * 255
+    mask[2 * height // 3 :] = 255  # bottom: one foreground run to the end, also split into chunks
+    return mask
+
+
+def _one_run_of(pixels: int) -> np.ndarray:
+    """A foreground run of ``pixels`` (4 bytes each) between two stretches of salt-and-pepper."""
+    noise = (RNG.random(2 * 97) < 0.5).astype(np.uint8) * 255
+    noise[96], noise[97] = 0, 0  # the run is bounded by background on both sides
+    return np.concatenate([noise[:97], np.full(pixels, 255, np.uint8), noise[97:]])[None, :]
+
+
+BYTES_MASKS = {
+    "375x500 salt and pepper": (RNG.random((375, 500)) < 0.5).astype(np.uint8) * 255,
+    "375x500 long runs around noise": _long_runs_around_noise(375, 500),
+    "run of exactly 2**16 bytes": _one_run_of(1 << 14),
+    "run of 2**16 + 4 bytes": _one_run_of((1 << 14) + 1),
+    "run of 3 * 2**16 bytes": _one_run_of(3 << 14),
+}
+
+
+@pytest.mark.parametrize("name", list(BYTES_MASKS))
+def test_mask_to_rle_bytes_identical_to_sdk_mask2rle(name: str) -> None:
+    mask = BYTES_MASKS[name]
+    raw = mask_to_rle_bytes(mask)
+    assert type(raw) is bytes
+    assert raw == bytes(sdk.mask2rle(mask))
+    assert mask_to_rle(mask) == list(raw)
+    np.testing.assert_array_equal(rle_to_mask(raw, *mask.shape), mask > 0)
+

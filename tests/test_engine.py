@@ -76,6 +76,36 @@ def test_decode_is_differentiable_in_the_point(sam2_engine, voc_features):
     assert coords.grad is not None and coords.grad.abs().sum() > 0
 
 
+def test_dense_pe_is_computed_once_and_is_not_an_inference_tensor(sam2_engine, voc_features, monkeypatch):
+    encoder = sam2_engine.model.sam_prompt_encoder
+    reference = encoder.get_dense_pe()
+    calls = []
+
+    def counted():
+        calls.append(1)
+        return reference.clone()
+
+    monkeypatch.setattr(encoder, "get_dense_pe", counted)
+    sam2_engine._dense_pe = None  # as on a fresh engine: the first request comes from decode_masks
+    coords = torch.tensor([[[200.0, 150.0]], [[60.0, 300.0]]])
+    labels = torch.ones(2, 1, dtype=torch.int)
+    sam2_engine.decode_masks(voc_features, coords, labels)  # runs under torch.inference_mode
+    sam2_engine.decode_masks(voc_features, coords[:1], labels[:1])
+    pe = sam2_engine.dense_pe()
+    assert calls == [1]
+    assert sam2_engine.dense_pe() is pe
+    assert torch.equal(pe, reference)
+    assert not pe.is_inference() and not pe.requires_grad
+
+    # ... so a training step can still differentiate through the decoder afterwards.
+    point = torch.tensor([[[200.0, 150.0]]], requires_grad=True)
+    low_res, _ = sam2_engine.decode_logits(voc_features, point, torch.ones(1, 1, dtype=torch.int), multimask=False)
+    low_res.mean().backward()
+    assert point.grad is not None
+    assert torch.isfinite(point.grad).all() and point.grad.abs().sum() > 0
+    assert calls == [1]
+
+
 def test_shift_block_round_trip(tmp_path, voc_features):
     block = ShiftBlock(ShiftBlockConfig(layers=1))
     block.save(tmp_path / "v", extra={"note": "x"})

@@ -30,6 +30,7 @@ from rq.registry import FailedJobRegistry, StartedJobRegistry
 
 from rpsam2_backend.dispatch import PREENCODE_JOB, SEGMENT_JOB
 from rpsam2_backend.errors import BackendError, ServiceUnavailable
+from rpsam2_backend.labelstudio.brush import rle_to_mask
 from rpsam2_backend.rq_dispatch import RQDispatcher
 from rpsam2_backend.settings import Settings
 from rpsam2_backend.worker import queue_names
@@ -298,6 +299,48 @@ def test_worker_without_checkpoint_fails_fast_with_the_config_message(tmp_path):
     assert "No SAM2 checkpoint found" in proc.stderr and "make checkpoints" in proc.stderr
 
 
+# --- one Redis of its own, no workers --------------------------------------------------------------
+
+
+@redis_test
+def test_worker_heartbeat_sets_last_heartbeat_and_ttl_through_a_pipeline(tmp_path, monkeypatch):
+    from rq.utils import utcparse
+
+    from rpsam2_backend.worker import RQ_WORKER_TTL, RPSAM2Worker
+
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        conn = redis.Redis.from_url(server.url, socket_timeout=5)
+        worker = RPSAM2Worker([Queue(CLICK_QUEUE, connection=conn)], name="hb", connection=conn,
+                              worker_ttl=RQ_WORKER_TTL)  # constructed, never started
+        assert conn.hget(worker.key, "last_heartbeat") is None
+        direct = []  # commands sent one round trip each (pipelined ones bypass execute_command)
+        sent = conn.execute_command
+        monkeypatch.setattr(conn, "execute_command", lambda *a, **kw: direct.append(a[0]) or sent(*a, **kw))
+
+        worker.heartbeat()
+        assert direct == []
+        stamp = conn.hget(worker.key, "last_heartbeat")
+        assert stamp and utcparse(stamp.decode()) == worker.last_heartbeat
+        assert 0 < conn.ttl(worker.key) <= RQ_WORKER_TTL + 60
+
+        direct.clear()
+        worker.heartbeat(timeout=30)
+        assert direct == []
+        assert utcparse(conn.hget(worker.key, "last_heartbeat").decode()) == worker.last_heartbeat
+        assert 0 < conn.ttl(worker.key) <= 30
+
+        # A caller's pipeline is used as it is: nothing reaches Redis before it executes.
+        with conn.pipeline() as pipe:
+            worker.heartbeat(timeout=500, pipeline=pipe)
+            assert conn.ttl(worker.key) <= 30
+            pipe.execute()
+        assert 30 < conn.ttl(worker.key) <= 500
+    finally:
+        server.stop()
+
+
 # --- one Redis, two workers ---------------------------------------------------------------------
 
 
@@ -349,6 +392,10 @@ def test_sticky_routing_runs_the_encoder_once_per_image(cluster):
         for worker, url in images.items():
             result = cluster.call(url, x, y)
             seen.append((worker, result["worker"], result["encoded"]))
+            # The job's RLE crosses Redis as bytes (restored from the XREAD entry), with its timings.
+            assert type(result["rle"]) is bytes
+            assert rle_to_mask(result["rle"], 240, 320).sum() == result["area"]
+            assert 0 < result["decode_seconds"] <= result["seconds"]
     assert all(expected == answered for expected, answered, _ in seen)
     assert [encoded for *_, encoded in seen] == [True, True] + [False] * 4
     cluster.cached_on = images

@@ -73,7 +73,7 @@ def decode_with(
     sparse, dense = engine.point_embeddings(coords_px, labels, features.orig_hw)
     low_res, iou, _, _ = decoder(
         image_embeddings=features.image_embed,
-        image_pe=engine.model.sam_prompt_encoder.get_dense_pe(),
+        image_pe=engine.dense_pe(),
         sparse_prompt_embeddings=sparse,
         dense_prompt_embeddings=dense,
         multimask_output=multimask,

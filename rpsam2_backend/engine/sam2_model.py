@@ -106,6 +106,7 @@ class SAM2Engine:
         self.image_size = int(model.image_size)
         self._transforms = SAM2Transforms(resolution=self.image_size, mask_threshold=0.0)
         self.encode_count = 0
+        self._dense_pe: torch.Tensor | None = None
         # Prompts per decoder call in decode_masks.  Every prompt repeats the decoder's work on its
         # own copy of the 64x64x256 image tokens: a GPU runs them in parallel, but on a CPU large
         # batches only stream more memory (measured on 2 cores, 64 prompts of hiera_t: 4.3 s in
@@ -190,7 +191,7 @@ class SAM2Engine:
         sparse, dense = self.point_embeddings(coords_px, labels, features.orig_hw)
         low_res, iou, _, _ = self.model.sam_mask_decoder(
             image_embeddings=features.image_embed,
-            image_pe=self.model.sam_prompt_encoder.get_dense_pe(),
+            image_pe=self.dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=multimask,
@@ -198,6 +199,16 @@ class SAM2Engine:
             high_res_features=features.high_res_feats,
         )
         return low_res, iou
+
+    def dense_pe(self) -> torch.Tensor:
+        """SAM2's positional encoding of the 64x64 image grid: a constant of the frozen prompt
+        encoder that SAM2 recomputes for every decode (~1 ms on a CPU); computed once here."""
+        if self._dense_pe is None:
+            # A normal tensor even when first asked inside decode_masks' inference mode: an
+            # inference tensor could not take part in a training step's autograd graph later.
+            with torch.inference_mode(False), torch.no_grad():
+                self._dense_pe = self.model.sam_prompt_encoder.get_dense_pe()
+        return self._dense_pe
 
     @staticmethod
     def upsample(low_res_logits: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
