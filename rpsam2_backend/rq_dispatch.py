@@ -34,6 +34,7 @@ from rpsam2_backend.errors import (
 )
 from rpsam2_backend.settings import Settings
 from rpsam2_backend.worker_presence import (
+    abandoned_reason,
     fail_abandoned_job,
     is_alive,
     live_workers,
@@ -198,11 +199,9 @@ class RQDispatcher:
         if status == b"started" and worker and not is_alive(self.redis, worker.decode()):
             name = worker.decode()
             rq_job.refresh()
-            fail_abandoned_job(self.redis, rq_job, f"worker {name} died while running this job")
-            raise ServiceUnavailable(
-                f"worker {name} stopped while running this click (crashed or was killed); "
-                "click again: the next click goes to a live worker"
-            )
+            reason = abandoned_reason(name, rq_job.func_name)
+            fail_abandoned_job(self.redis, rq_job, reason)
+            raise ServiceUnavailable(reason)
         if status == b"queued" and chosen and not is_alive(self.redis, chosen):
             # Waiting in the sticky queue of a worker that is gone: nobody will ever run it
             # there.  LREM succeeds for exactly one party, so a late worker cannot run it twice.

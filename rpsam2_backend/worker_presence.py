@@ -83,6 +83,18 @@ def pick_worker(routing_key: str, names: Iterable[str]) -> str | None:
     return max(names, key=weight, default=None)
 
 
+def abandoned_reason(worker: str, job_func: str | None) -> str:
+    """What a caller waiting on a job its worker abandoned is told.  The web side (noticing the
+    worker's presence key is gone) and a peer worker's reaper (failing the job) race to report
+    the same death: both use this text, so the annotator reads the same message either way."""
+    from rpsam2_backend.dispatch import SEGMENT_JOB
+
+    if job_func == SEGMENT_JOB:
+        return (f"worker {worker} stopped while running this click (crashed or was killed); "
+                "click again: the next click goes to a live worker")
+    return f"worker {worker} died while running this job"
+
+
 def fail_abandoned_job(conn: redis.Redis, job: Job, reason: str) -> None:
     """Move a job whose worker died out of 'started' into the failed registry (kept failure_ttl).
 
@@ -105,8 +117,8 @@ def reap_abandoned(conn: redis.Redis, click_queue: str, queue_names: Iterable[st
 
     rq does the first itself, but only ``job_timeout + 60`` s after the death and only on its
     maintenance tick (minutes).  The rpsam2 queues belong to rpsam2 workers, which all publish
-    presence; a 'started' job whose worker has no presence key was abandoned.  Jobs waiting in a
-    dead worker's sticky queue were already given up by the web side (or expire by ttl)."""
+    presence; a 'started' job whose worker has no presence key was abandoned.  Jobs still waiting
+    in a dead worker's sticky queue move to the shared click queue (see ``_hand_over``)."""
     live = {w["name"] for w in live_workers(conn)}
     names = set(queue_names)
     sticky_prefix = sticky_queue(click_queue, "")
@@ -123,10 +135,32 @@ def reap_abandoned(conn: redis.Redis, click_queue: str, queue_names: Iterable[st
                 continue
             owner = job.worker_name
             if job.get_status(refresh=False) == JobStatus.STARTED and owner and owner not in live:
-                fail_abandoned_job(conn, job, f"worker {owner} died while running this job")
+                fail_abandoned_job(conn, job, abandoned_reason(owner, job.func_name))
                 reaped.append(job_id)
         owner = name[len(sticky_prefix):] if name.startswith(sticky_prefix) else None
         if owner and owner not in live:
-            Queue(name, connection=conn).delete(delete_jobs=True)
-            log.info("dropped queue %s of dead worker %s", name, owner)
+            moved = _hand_over(conn, Queue(name, connection=conn), Queue(click_queue, connection=conn))
+            Queue(name, connection=conn).delete(delete_jobs=False)
+            log.info("dropped queue %s of dead worker %s (%d waiting job(s) moved to %s)",
+                     name, owner, moved, click_queue)
     return reaped
+
+
+def _hand_over(conn: redis.Redis, dead: Queue, shared: Queue) -> int:
+    """Move the jobs waiting in a dead worker's sticky queue to the shared click queue.
+
+    A web process may still be waiting for one of them: it notices the death on its own next
+    poll and takes the job back with LREM.  LREM succeeds for exactly one party, so each job is
+    either moved here (and its waiter gets the result from whichever worker runs it) or taken
+    back there, never both and never lost."""
+    moved = 0
+    for job_id in dead.get_job_ids():
+        if not conn.lrem(dead.key, 1, job_id):
+            continue
+        try:
+            job = Job.fetch(job_id, connection=conn)
+        except NoSuchJobError:
+            continue  # expired (a stale pre-encode): nothing to run
+        shared.enqueue_job(job)
+        moved += 1
+    return moved

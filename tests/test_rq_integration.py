@@ -341,6 +341,35 @@ def test_worker_heartbeat_sets_last_heartbeat_and_ttl_through_a_pipeline(tmp_pat
         server.stop()
 
 
+
+@redis_test
+def test_reaper_hands_a_dead_workers_waiting_clicks_to_the_shared_queue(tmp_path):
+    """A web process may still wait for a click queued behind a worker that died: the reaper
+    moves it to the shared click queue instead of deleting it, unless the waiter took it back."""
+    from rpsam2_backend.worker_presence import publish, reap_abandoned
+
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        conn = redis.Redis.from_url(server.url, socket_timeout=5)
+        publish(conn, {"name": "alive", "queues": [CLICK_QUEUE]}, 5.0)
+        dead = Queue(sticky_queue(CLICK_QUEUE, "gone"), connection=conn)  # "gone" never published
+        waiting = dead.enqueue(SEGMENT_JOB, {"image_url": "a.png", "clicks": []}, ttl=60)
+        taken_back = dead.enqueue(SEGMENT_JOB, {"image_url": "b.png", "clicks": []}, ttl=60)
+        assert conn.lrem(dead.key, 1, taken_back.id) == 1  # the waiter's own LREM won for this one
+
+        assert reap_abandoned(conn, CLICK_QUEUE, [CLICK_QUEUE]) == []  # nothing was 'started'
+        shared = Queue(CLICK_QUEUE, connection=conn)
+        assert shared.get_job_ids() == [waiting.id]
+        moved = Job.fetch(waiting.id, connection=conn)
+        assert moved.origin == CLICK_QUEUE and moved.get_status() == JobStatus.QUEUED
+        assert moved.args == ({"image_url": "a.png", "clicks": []},)
+        assert not conn.exists(dead.key)
+        assert dead.name not in [q.name for q in Queue.all(connection=conn)]
+    finally:
+        server.stop()
+
+
 # --- one Redis, two workers ---------------------------------------------------------------------
 
 
