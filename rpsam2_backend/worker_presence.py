@@ -24,6 +24,8 @@ from rq.job_lifecycle import record_job_failure
 from rq.queue import Queue
 from rq.registry import StartedJobRegistry
 
+from rpsam2_backend.dispatch import SEGMENT_JOB
+
 log = logging.getLogger(__name__)
 
 PRESENCE_PREFIX = "rpsam2:worker:"
@@ -87,8 +89,6 @@ def abandoned_reason(worker: str, job_func: str | None) -> str:
     """What a caller waiting on a job its worker abandoned is told.  The web side (noticing the
     worker's presence key is gone) and a peer worker's reaper (failing the job) race to report
     the same death: both use this text, so the annotator reads the same message either way."""
-    from rpsam2_backend.dispatch import SEGMENT_JOB
-
     if job_func == SEGMENT_JOB:
         return (f"worker {worker} stopped while running this click (crashed or was killed); "
                 "click again: the next click goes to a live worker")
