@@ -23,13 +23,13 @@ TARGET_LARGE = 50.0
 
 def cache_row(config: str, cold_reps: int, hit_reps: int, image: np.ndarray | None = None,
               click: tuple[float, float] | None = None) -> Row:
-    from rpsam2_backend.engine.cache import EmbeddingCache
-    from rpsam2_backend.engine.predictor import Click, RPSAM2Predictor
+    from rpsam2_backend.engine.embedding_cache import EmbeddingCache
+    from rpsam2_backend.engine.predictor import PixelClick, RPSAM2Predictor
 
     image = test_image() if image is None else image
     click = click or object_click(test_object())
     predictor = RPSAM2Predictor(engine(config), cache=EmbeddingCache(1 << 30))
-    clicks = [Click(*click)]
+    clicks = [PixelClick(*click)]
 
     def segment(key: str, expect_encoded: bool) -> float:
         seconds, seg = timed(lambda: predictor.segment(image, clicks, image_key=key))

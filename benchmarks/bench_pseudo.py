@@ -39,8 +39,8 @@ def tasks(n: int, image: np.ndarray, gt: np.ndarray) -> list[tuple[np.ndarray, t
 
 def run(quick: bool = False, n: int | None = None, image: np.ndarray | None = None,
         gt: np.ndarray | None = None) -> list[Row]:
-    from rpsam2_backend.engine.cache import EmbeddingCache
-    from rpsam2_backend.engine.predictor import Click, RPSAM2Predictor
+    from rpsam2_backend.engine.embedding_cache import EmbeddingCache
+    from rpsam2_backend.engine.predictor import PixelClick, RPSAM2Predictor
 
     n = n or (2 if quick else 4)
     image = test_image() if image is None else image
@@ -50,7 +50,7 @@ def run(quick: bool = False, n: int | None = None, image: np.ndarray | None = No
     warm_encoder()
 
     def label_all() -> list[bool]:
-        return [predictor.segment(img, [Click(*c)], image_key=f"task-{i}").encoded
+        return [predictor.segment(img, [PixelClick(*c)], image_key=f"task-{i}").encoded
                 for i, (img, c) in enumerate(jobs)]
 
     cold_s, encoded = timed(label_all)

@@ -99,7 +99,7 @@ class Stack:
         import cv2
         import redis
 
-        from rpsam2_backend.settings import Settings
+        from rpsam2_backend.core.settings import Settings
 
         self.tmp = Path(tempfile.mkdtemp(prefix="rpsam2-bench-"))
         files = self.tmp / "files"
@@ -126,23 +126,21 @@ class Stack:
                 return False
 
         _wait(redis_up, 15, "redis-server")
-        self.settings = Settings(
-            sam2_config=TINY_CONFIG, allow_random_weights=True, device="cpu", model_dir=str(self.tmp / "models"),
-            local_files_root=str(files), redis_url=redis_url, predict_timeout=300.0, cache_mb=512,
-        )
+        overrides = {
+            "REDIS_URL": redis_url, "RPSAM2_SAM2_CONFIG": TINY_CONFIG, "RPSAM2_ALLOW_RANDOM_WEIGHTS": "1",
+            "RPSAM2_DEVICE": "cpu", "MODEL_DIR": str(self.tmp / "models"), "RPSAM2_CACHE_MB": "512",
+            "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(files), "RPSAM2_PREDICT_TIMEOUT": "300",
+        }
+        self.settings = Settings.from_env(overrides)
         env = {k: v for k, v in os.environ.items() if not k.startswith("RPSAM2_") and k != "REDIS_URL"}
-        env.update(
-            REDIS_URL=redis_url, RPSAM2_SAM2_CONFIG=TINY_CONFIG, RPSAM2_ALLOW_RANDOM_WEIGHTS="1",
-            RPSAM2_DEVICE="cpu", MODEL_DIR=self.settings.model_dir, RPSAM2_CACHE_MB="512",
-            LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(files), PYTHONUNBUFFERED="1",
-            OMP_NUM_THREADS=str(threads),  # the same thread count as the bare side in this process
-        )
+        # the same thread count as the bare side in this process
+        env.update(overrides, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(threads))
         self.log = self.tmp / "worker.log"
         with open(self.log, "wb") as out:
             self.worker = subprocess.Popen([WORKER_BIN, "--name", WORKER_NAME], env=env, stdout=out,
                                            stderr=subprocess.STDOUT)
         self.procs.insert(0, self.worker)
-        from rpsam2_backend.worker_presence import is_alive
+        from rpsam2_backend.queue.presence import is_alive
 
         def worker_up() -> bool:
             if self.worker.poll() is not None:
@@ -159,8 +157,9 @@ class Stack:
         import requests
         from werkzeug.serving import make_server
 
-        from rpsam2_backend.server import KeepAliveRequestHandler, create_app
-        from rpsam2_backend.web_state import WebState
+        from rpsam2_backend.web.app import create_app
+        from rpsam2_backend.web.dev_server import KeepAliveRequestHandler
+        from rpsam2_backend.web.state import WebState
 
         state = WebState(self.settings)
         state.dispatcher = _Recorder(state.dispatcher, self)
@@ -236,7 +235,7 @@ def serialization_ms(mask: np.ndarray, reps: int = 20) -> tuple[float, int]:
 def run(quick: bool = False, clicks: int | None = None) -> list[Row]:
     import torch
 
-    from rpsam2_backend.engine.predictor import Click, RPSAM2Predictor
+    from rpsam2_backend.engine.predictor import PixelClick, RPSAM2Predictor
 
     if not Path(REDIS_SERVER).exists():
         raise RuntimeError("redis-server is not installed (`make redis`)")
@@ -249,8 +248,8 @@ def run(quick: bool = False, clicks: int | None = None) -> list[Row]:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log line per click
     stack = Stack(image, torch.get_num_threads())
     try:
-        from rpsam2_backend.dispatch import SEGMENT_JOB
-        from rpsam2_backend.rq_dispatch import RQDispatcher
+        from rpsam2_backend.core.names import SEGMENT_JOB
+        from rpsam2_backend.queue.rq_dispatch import RQDispatcher
 
         dispatcher = RQDispatcher(stack.settings)
         stack.click(*positions[0])  # the worker encodes the image
@@ -269,7 +268,7 @@ def run(quick: bool = False, clicks: int | None = None) -> list[Row]:
             t_queue = time.perf_counter() - start
             time.sleep(IDLE_GAP_S)
             start = time.perf_counter()
-            seg = bare.segment(None, [Click(x / 100.0 * w, y / 100.0 * h)], features=features)
+            seg = bare.segment(None, [PixelClick(x / 100.0 * w, y / 100.0 * h)], features=features)
             t_bare = time.perf_counter() - start
             if i >= 3:
                 web.append(t_web)

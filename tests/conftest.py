@@ -18,7 +18,7 @@ for _name in [n for n in os.environ if n.startswith("RPSAM2_") or n in ("REDIS_U
 def sam2_engine():
     import torch
 
-    from rpsam2_backend.engine.sam2_model import SAM2Engine
+    from rpsam2_backend.engine.sam2_engine import SAM2Engine
 
     torch.manual_seed(0)
     return SAM2Engine.build(TINY_CONFIG, None, "cpu")
@@ -40,18 +40,23 @@ def arc2017() -> dict:
 
 def make_random_settings(tmp_path):
     """Settings for a tiny random-weight SAM2 with MODEL_DIR and a local-files root in tmp."""
-    from rpsam2_backend.settings import Settings
+    from rpsam2_backend.core.settings import Settings
 
     files = tmp_path / "files"
     files.mkdir(exist_ok=True)
-    return Settings(
-        sam2_config=TINY_CONFIG,
-        allow_random_weights=True,
-        device="cpu",
-        model_dir=str(tmp_path / "models"),
-        local_files_root=str(files),
-        cache_mb=512,
-    )
+    return Settings.from_env(random_weights_env(tmp_path / "models", files))
+
+
+def random_weights_env(model_dir, files) -> dict[str, str]:
+    """The environment of a backend or worker on a tiny random-weight SAM2 (tests only)."""
+    return {
+        "RPSAM2_SAM2_CONFIG": TINY_CONFIG,
+        "RPSAM2_ALLOW_RANDOM_WEIGHTS": "1",
+        "RPSAM2_DEVICE": "cpu",
+        "MODEL_DIR": str(model_dir),
+        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(files),
+        "RPSAM2_CACHE_MB": "512",
+    }
 
 
 @pytest.fixture

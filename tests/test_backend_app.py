@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import decode_rle
 
+from rpsam2_backend.jobs.runtime import Runtime, set_runtime
 from rpsam2_backend.labelstudio.brush import rle_to_mask
-from rpsam2_backend.runtime import Runtime, set_runtime
-from rpsam2_backend.server import create_app
+from rpsam2_backend.web.app import create_app
 from tests.conftest import make_random_settings, save_png
 
 CONFIG = """
@@ -212,7 +212,7 @@ def test_images_come_from_the_host_and_token_that_setup_announced(backend, voc):
 
 def test_segment_job_returns_rle_bytes_that_predict_writes_as_a_json_list(backend):
     """Jobs return the RLE as bytes (cheap through Redis); /predict still answers a list of ints."""
-    from rpsam2_backend.jobs import segment_job
+    from rpsam2_backend.jobs.click import segment_job
 
     client, _ = backend
     result = segment_job({"image_url": "/data/local-files/?d=voc.png", "clicks": [{"x": 35.0, "y": 45.0}]})
@@ -240,7 +240,7 @@ def keep_alive_server(backend):
 
     from werkzeug.serving import make_server
 
-    from rpsam2_backend.server import KeepAliveRequestHandler
+    from rpsam2_backend.web.dev_server import KeepAliveRequestHandler
 
     client, _ = backend
     server = make_server("127.0.0.1", 0, client.application, threaded=True, request_handler=KeepAliveRequestHandler)
@@ -295,7 +295,7 @@ def test_keep_alive_server_closes_a_connection_whose_body_was_left_unread():
     from flask import request as flask_request
     from werkzeug.serving import make_server
 
-    from rpsam2_backend.server import KeepAliveRequestHandler
+    from rpsam2_backend.web.dev_server import KeepAliveRequestHandler
 
     app = Flask("keep-alive-probe")
     app.add_url_rule("/refuse", "refuse", lambda: ("no", 401), methods=["POST"])  # body never read

@@ -6,8 +6,8 @@ import copy
 
 import pytest
 
-from rpsam2_backend.errors import BadRequest
-from rpsam2_backend.labelstudio.clicks import Click, parse_context
+from rpsam2_backend.core.errors import BadRequest
+from rpsam2_backend.labelstudio.clicks import PercentClick, parse_context
 
 
 def _kp(
@@ -51,7 +51,9 @@ def test_happy_path_keeps_order_and_defaults_to_positive() -> None:
         )
     )
     assert request is not None
-    assert request.clicks == [Click(10.0, 20.0, True), Click(30.5, 40.25, False), Click(0.0, 100.0, True)]
+    assert request.clicks == [
+        PercentClick(10.0, 20.0, True), PercentClick(30.5, 40.25, False), PercentClick(0.0, 100.0, True)
+    ]
     assert request.label == "Spatula"
     assert (request.from_name, request.to_name) == ("click", "image")
     assert (request.original_width, request.original_height) == (1920, 1080)
@@ -60,7 +62,7 @@ def test_happy_path_keeps_order_and_defaults_to_positive() -> None:
 def test_integer_coordinates_become_floats() -> None:
     request = parse_context(_ctx(_kp(12, 7)))
     assert request is not None
-    assert request.clicks[0] == Click(12.0, 7.0, True)
+    assert request.clicks[0] == PercentClick(12.0, 7.0, True)
     assert isinstance(request.clicks[0].x, float)
 
 

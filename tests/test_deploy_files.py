@@ -13,19 +13,18 @@ import shlex
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
 import requests
 import yaml
 
-from rpsam2_backend.settings import Settings
+from rpsam2_backend.core.settings import Settings
 from tests.support.rpsam2_stack import backend_env, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
-SETTINGS_ENV = [f.metadata["env"] for f in fields(Settings)]
+SETTINGS_ENV = list(Settings.env_names())
 
 
 def _compose() -> dict:
@@ -69,7 +68,8 @@ def test_env_example_values_parse_as_settings() -> None:
         if match and match.group(1) in SETTINGS_ENV:
             values[match.group(1)] = match.group(2)
     settings = Settings.from_env(values)  # raises ConfigError on a malformed default
-    assert settings.cache_mb == Settings().cache_mb and settings.click_queue == Settings().click_queue
+    assert settings.model.cache_mb == Settings().model.cache_mb
+    assert settings.queue.click_queue == Settings().queue.click_queue
 
 
 def test_compose_has_the_services_with_health_checks() -> None:
@@ -99,7 +99,7 @@ def test_compose_commands_use_existing_console_scripts_and_queues() -> None:
     assert services["gpu-worker"]["command"][1:] == ["--queues", "click"]
     assert services["train-worker"]["command"][1:] == ["--queues", "train", "--scheduler"]
     # The worker CLI accepts them: parse with its own parser.
-    from rpsam2_backend.worker import _parse
+    from rpsam2_backend.queue.worker import _parse
 
     train = _parse(services["train-worker"]["command"][1:])
     assert train.queues == "train" and train.scheduler is True

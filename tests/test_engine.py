@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from rpsam2_backend.engine.cache import EmbeddingCache
 from rpsam2_backend.engine.checkpoint_store import CheckpointStore
-from rpsam2_backend.engine.predictor import Click, RPSAM2Predictor
-from rpsam2_backend.engine.sam2_model import ImageFeatures
-from rpsam2_backend.engine.shift_block import ShiftBlock, ShiftBlockConfig
+from rpsam2_backend.engine.embedding_cache import EmbeddingCache
+from rpsam2_backend.engine.features import ImageFeatures
+from rpsam2_backend.engine.modeling.shift_block import ShiftBlock, ShiftBlockConfig
+from rpsam2_backend.engine.predictor import PixelClick, RPSAM2Predictor
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +51,11 @@ def test_shift_moves_the_first_positive_click_only(sam2_engine, voc_features):
     with torch.no_grad():
         block.phi.weight.normal_(std=1.0)
     pred = RPSAM2Predictor(sam2_engine, shift_block=block, shift_version="t1")
-    seg = pred.segment(None, [Click(60, 50, positive=False), Click(250, 180), Click(300, 200)], features=voc_features)
+    clicks = [PixelClick(60, 50, positive=False), PixelClick(250, 180), PixelClick(300, 200)]
+    seg = pred.segment(None, clicks, features=voc_features)
     assert seg.refined_point is not None and seg.refined_point != (250.0, 180.0)
     plain = RPSAM2Predictor(sam2_engine)
-    seg0 = plain.segment(None, [Click(250, 180)], features=voc_features)
+    seg0 = plain.segment(None, [PixelClick(250, 180)], features=voc_features)
     assert seg0.refined_point is None
     assert plain.version.startswith("sam2/") and pred.version.startswith("rpsam2/") and "shift-t1" in pred.version
 
@@ -176,12 +177,12 @@ def test_checkpoint_store_promote_refuse_rollback(tmp_path):
 
 
 def test_runtime_picks_up_a_promoted_shift_block(random_settings, sam2_engine, tmp_path):
-    from rpsam2_backend.runtime import Runtime
+    from rpsam2_backend.jobs.runtime import Runtime
 
     rt = Runtime(random_settings, engine=sam2_engine)
     assert rt.predictor.shift_block is None and rt.refresh_versions() is False
     ShiftBlock(ShiftBlockConfig(layers=1)).save(tmp_path / "ck")
-    store = CheckpointStore(random_settings.model_dir, "shift")
+    store = CheckpointStore(random_settings.model.model_dir, "shift")
     store.promote(store.add(tmp_path / "ck"))
     assert rt.refresh_versions() is True
     assert rt.predictor.shift_block is not None and "shift-v0001" in rt.predictor.version
@@ -189,8 +190,8 @@ def test_runtime_picks_up_a_promoted_shift_block(random_settings, sam2_engine, t
 
 
 def test_settings_without_checkpoint_fail_with_download_command():
-    from rpsam2_backend.errors import ConfigError
-    from rpsam2_backend.settings import Settings
+    from rpsam2_backend.core.errors import ConfigError
+    from rpsam2_backend.core.settings import Settings
 
     with pytest.raises(ConfigError) as err:
         Settings.from_env({"RPSAM2_CHECKPOINT_DIR": "/nonexistent"}).resolved_checkpoint()
@@ -199,7 +200,7 @@ def test_settings_without_checkpoint_fail_with_download_command():
         Settings.from_env({"RPSAM2_CACHE_MB": "lots"})
     with pytest.raises(ConfigError, match="RPSAM2_ALLOW_RANDOM_WEIGHTS"):
         Settings.from_env({"RPSAM2_ALLOW_RANDOM_WEIGHTS": "maybe"})
-    assert np.isclose(Settings.from_env({"RPSAM2_PREDICT_TIMEOUT": "2.5"}).predict_timeout, 2.5)
+    assert np.isclose(Settings.from_env({"RPSAM2_PREDICT_TIMEOUT": "2.5"}).queue.predict_timeout, 2.5)
 
 
 def test_points_of_one_image_are_refined_independently_as_one_sequence(voc_features):

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from rpsam2_backend.engine.sam2_model import save_decoder
-from rpsam2_backend.engine.shift_block import ShiftBlock, ShiftBlockConfig
+from rpsam2_backend.engine.decoder_weights import save_decoder
+from rpsam2_backend.engine.modeling.shift_block import ShiftBlock, ShiftBlockConfig
 from tests.conftest import TINY_CONFIG
 from trainer import cli_eval
 from trainer.candidates import GridSpec

@@ -16,10 +16,10 @@ import cv2
 import numpy as np
 import pytest
 
-from rpsam2_backend.errors import BadRequest, ImageError
+from rpsam2_backend.core.errors import BadRequest, ImageError
+from rpsam2_backend.core.settings import Settings
 from rpsam2_backend.labelstudio import images as images_module
 from rpsam2_backend.labelstudio.images import ImageLoader, redact_url
-from rpsam2_backend.settings import Settings
 
 TOKEN = "s3cret-token-9f8e7d"
 
@@ -151,13 +151,11 @@ def roots(tmp_path: Path, rgb: np.ndarray) -> dict[str, Path]:
     return {"files": files, "outside": outside, "uploads": uploads}
 
 
-def _loader(ls: Server | None = None, **changes: object) -> ImageLoader:
-    settings = Settings(
-        label_studio_url=ls.url if ls else "",
-        label_studio_api_key=TOKEN,
-        fetch_timeout=5.0,
-    ).with_(**changes)
-    return ImageLoader(settings)
+def _loader(ls: Server | None = None, **env: object) -> ImageLoader:
+    """A loader for Label Studio ``ls``, with settings changed by their environment names."""
+    values = {"LABEL_STUDIO_URL": ls.url if ls else "", "LABEL_STUDIO_API_KEY": TOKEN, "RPSAM2_FETCH_TIMEOUT": "5"}
+    values.update({name: str(value) for name, value in env.items()})
+    return ImageLoader(Settings.from_env(values))
 
 
 def _error(loader: ImageLoader, url: str, status: int, *fragments: str) -> ImageError:
@@ -224,13 +222,13 @@ def test_too_many_pixels_is_refused_before_decoding(servers, monkeypatch) -> Non
         raise AssertionError("decoded an image that the header already showed to be too large")
 
     monkeypatch.setattr(images_module.cv2, "imdecode", no_decode)
-    loader = _loader(ls, max_image_pixels=500 * 374)
+    loader = _loader(ls, RPSAM2_MAX_IMAGE_PIXELS=500 * 374)
     _error(loader, ls.url + "/img.png", 413, "500x375", "RPSAM2_MAX_IMAGE_PIXELS")
 
 
 def test_pixel_limit_allows_exactly_the_limit(servers) -> None:
     ls, _ = servers
-    assert _loader(ls, max_image_pixels=500 * 375).load(ls.url + "/img.png").rgb.shape == (375, 500, 3)
+    assert _loader(ls, RPSAM2_MAX_IMAGE_PIXELS=500 * 375).load(ls.url + "/img.png").rgb.shape == (375, 500, 3)
 
 
 # --- HTTP ------------------------------------------------------------------------------------
@@ -263,7 +261,7 @@ def test_redirect_off_the_label_studio_host_drops_the_token(servers, rgb) -> Non
 
 def test_rejected_token_is_explained_without_showing_it(servers) -> None:
     ls, _ = servers
-    loader = ImageLoader(Settings(label_studio_url=ls.url, label_studio_api_key="wrong-" + TOKEN))
+    loader = ImageLoader(Settings.from_env({"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": "wrong-" + TOKEN}))
     err = _error(loader, ls.url + "/private.png", 502, "HTTP 401", "LABEL_STUDIO_API_KEY")
     assert "wrong-" not in str(err)
 
@@ -278,14 +276,14 @@ def test_http_errors_name_status_and_url(servers) -> None:
 def test_unreachable_host(servers) -> None:
     ls, _ = servers
     dead = f"http://127.0.0.1:{_closed_port()}"
-    _error(_loader(ls, label_studio_url=dead), dead + "/img.png", 502, "cannot reach", dead + "/img.png")
+    _error(_loader(ls, LABEL_STUDIO_URL=dead), dead + "/img.png", 502, "cannot reach", dead + "/img.png")
 
 
 @pytest.mark.parametrize("path", ["/slow-headers.png", "/slow-body.png"])
 def test_timeout(servers, path: str) -> None:
     ls, _ = servers
     started = time.monotonic()
-    _error(_loader(ls, fetch_timeout=0.3), ls.url + path, 504, "RPSAM2_FETCH_TIMEOUT", ls.url + path)
+    _error(_loader(ls, RPSAM2_FETCH_TIMEOUT=0.3), ls.url + path, 504, "RPSAM2_FETCH_TIMEOUT", ls.url + path)
     assert time.monotonic() - started < 1.8  # gave up before the server finished
 
 
@@ -294,8 +292,8 @@ def test_download_stops_at_the_size_limit(servers, path: str) -> None:
     ls, _ = servers
     size = len(ls.routes[path].body)
     limit_mb = (size - 1) / 1024 / 1024
-    _error(_loader(ls, max_image_mb=limit_mb), ls.url + path, 413, "too large", "RPSAM2_MAX_IMAGE_MB")
-    assert _loader(ls, max_image_mb=size / 1024 / 1024).load(ls.url + path).rgb.size > 0
+    _error(_loader(ls, RPSAM2_MAX_IMAGE_MB=limit_mb), ls.url + path, 413, "too large", "RPSAM2_MAX_IMAGE_MB")
+    assert _loader(ls, RPSAM2_MAX_IMAGE_MB=size / 1024 / 1024).load(ls.url + path).rgb.size > 0
 
 
 def test_presigned_query_secrets_are_masked(servers) -> None:
@@ -332,12 +330,12 @@ def test_upload_path_is_fetched_from_label_studio_with_the_token(servers, rgb) -
 def test_upload_path_is_read_locally_when_the_upload_dir_has_it(servers, roots, rgb) -> None:
     ls, _ = servers
     dead = f"http://127.0.0.1:{_closed_port()}"  # proves no download happens
-    loader = _loader(ls, label_studio_url=dead, upload_dir=str(roots["uploads"]))
+    loader = _loader(ls, LABEL_STUDIO_URL=dead, RPSAM2_UPLOAD_DIR=str(roots["uploads"]))
     image = loader.load("/data/upload/7/local.png")
     np.testing.assert_array_equal(image.rgb, rgb[:, ::-1])
     assert image.source == str(roots["uploads"] / "7" / "local.png")
     # not there locally: falls back to Label Studio
-    fallback = _loader(ls, upload_dir=str(roots["uploads"])).load("/data/upload/7/frame.png")
+    fallback = _loader(ls, RPSAM2_UPLOAD_DIR=str(roots["uploads"])).load("/data/upload/7/frame.png")
     np.testing.assert_array_equal(fallback.rgb, rgb[::-1])
 
 
@@ -346,7 +344,7 @@ def test_upload_path_is_read_locally_when_the_upload_dir_has_it(servers, roots, 
 )
 def test_upload_path_cannot_escape(servers, roots, url: str) -> None:
     ls, _ = servers
-    _error(_loader(ls, upload_dir=str(roots["uploads"])), url, 403, "..")
+    _error(_loader(ls, RPSAM2_UPLOAD_DIR=str(roots["uploads"])), url, 403, "..")
 
 
 def test_upload_path_without_label_studio_url() -> None:
@@ -354,7 +352,7 @@ def test_upload_path_without_label_studio_url() -> None:
 
 
 def test_local_files_are_read_from_the_root(roots, rgb) -> None:
-    loader = _loader(None, local_files_root=str(roots["files"]))
+    loader = _loader(None, LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(roots["files"]))
     image = loader.load("/data/local-files/?d=my%20images/a%20b.png")
     np.testing.assert_array_equal(image.rgb, rgb)
     assert image.sha256 == hashlib.sha256((roots["files"] / "my images" / "a b.png").read_bytes()).hexdigest()
@@ -373,19 +371,21 @@ def test_local_files_are_read_from_the_root(roots, rgb) -> None:
     ],
 )
 def test_local_files_cannot_escape_the_root(roots, d: str, fragment: str) -> None:
-    loader = _loader(None, local_files_root=str(roots["files"]))
+    loader = _loader(None, LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(roots["files"]))
     _error(loader, f"/data/local-files/?d={d}", 403, fragment)
 
 
 def test_local_files_missing_file_and_missing_d(roots) -> None:
-    loader = _loader(None, local_files_root=str(roots["files"]))
+    loader = _loader(None, LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(roots["files"]))
     _error(loader, "/data/local-files/?d=nope.png", 404, "not found")
     _error(loader, "/data/local-files/?x=1", 400, "?d=")
 
 
 def test_local_files_size_limit(roots) -> None:
     size = (roots["files"] / "my images" / "a b.png").stat().st_size
-    loader = _loader(None, local_files_root=str(roots["files"]), max_image_mb=(size - 1) / 1024 / 1024)
+    loader = _loader(
+        None, LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(roots["files"]), RPSAM2_MAX_IMAGE_MB=(size - 1) / 1024 / 1024
+    )
     _error(loader, "/data/local-files/?d=my%20images/a%20b.png", 413, "too large")
 
 

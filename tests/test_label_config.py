@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from label_studio_sdk.label_interface import LabelInterface
 
-from rpsam2_backend.errors import BadRequest
+from rpsam2_backend.core.errors import BadRequest
 from rpsam2_backend.labelstudio.label_config import parse_label_config
 
 SHIPPED = Path(__file__).resolve().parents[1] / "deploy" / "label_config.xml"

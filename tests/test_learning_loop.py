@@ -21,13 +21,14 @@ from PIL import Image
 from rq import Queue, SimpleWorker
 from rq.job import Job, JobStatus
 
+from rpsam2_backend.core.names import retrain_job_id
+from rpsam2_backend.core.settings import Settings, get_settings
 from rpsam2_backend.engine.checkpoint_store import CheckpointStore
+from rpsam2_backend.jobs.runtime import Runtime, set_runtime
 from rpsam2_backend.labelstudio.brush import mask_to_rle
-from rpsam2_backend.learning import retrain_job_id, wait_for_inline
-from rpsam2_backend.runtime import Runtime, set_runtime
-from rpsam2_backend.server import create_app
-from rpsam2_backend.settings import Settings, get_settings
-from rpsam2_backend.web_state import WebState, set_web_state
+from rpsam2_backend.queue.retrain import wait_for_inline
+from rpsam2_backend.web.app import create_app
+from rpsam2_backend.web.state import WebState, set_web_state
 from tests.support.labelstudio_server import LabelStudioServer, start_label_studio
 from tests.support.rpsam2_stack import start_redis
 
@@ -165,7 +166,7 @@ def test_webhooks_enqueue_one_job_which_trains_promotes_and_pseudo_labels(ls, pr
     assert third["new_labels"] == 3 and not third["enqueued"]
 
     conn = redis.Redis.from_url(redis_url)
-    queue = Queue(settings.train_queue, connection=conn)
+    queue = Queue(settings.queue.train_queue, connection=conn)
     assert queue.job_ids == [retrain_job_id(pid)]
     SimpleWorker([queue], connection=conn).work(burst=True)
 
@@ -175,7 +176,8 @@ def test_webhooks_enqueue_one_job_which_trains_promotes_and_pseudo_labels(ls, pr
     assert status["status"] == "promoted", status
     assert job.meta["progress"]["step"] == "done"
 
-    shift, decoder = CheckpointStore(settings.model_dir, "shift"), CheckpointStore(settings.model_dir, "decoder")
+    model_dir = settings.model.model_dir
+    shift, decoder = CheckpointStore(model_dir, "shift"), CheckpointStore(model_dir, "decoder")
     assert shift.live() == "v0001" and decoder.live() == "v0001"
     meta = shift.metadata("v0001")
     assert meta["annotation_ids"] == project["annotation_ids"]
@@ -201,7 +203,8 @@ def test_webhooks_enqueue_one_job_which_trains_promotes_and_pseudo_labels(ls, pr
 def test_crash_in_the_middle_leaves_live_versions_untouched(ls, project, redis_url, backend, monkeypatch):
     settings, client = backend(REDIS_URL=redis_url, RPSAM2_RETRAIN_MIN_GAIN="-1", RPSAM2_RETRAIN_STD_TOLERANCE="1")
     pid = project["id"]
-    shift, decoder = CheckpointStore(settings.model_dir, "shift"), CheckpointStore(settings.model_dir, "decoder")
+    model_dir = settings.model.model_dir
+    shift, decoder = CheckpointStore(model_dir, "shift"), CheckpointStore(model_dir, "decoder")
     live_before = (shift.live(), decoder.live())
     predicted_before = _predicted_tasks(ls, pid)
 
@@ -211,7 +214,7 @@ def test_crash_in_the_middle_leaves_live_versions_untouched(ls, project, redis_u
     monkeypatch.setattr("trainer.accepted_labels.LabelStudioClient.import_predictions", crash)
     assert _webhook(client, "START_TRAINING", pid)["enqueued"]  # the finished job no longer blocks
     conn = redis.Redis.from_url(redis_url)
-    queue = Queue(settings.train_queue, connection=conn)
+    queue = Queue(settings.queue.train_queue, connection=conn)
     SimpleWorker([queue], connection=conn).work(burst=True)
 
     job = Job.fetch(retrain_job_id(pid), connection=conn)
@@ -229,7 +232,7 @@ def test_crash_in_the_middle_leaves_live_versions_untouched(ls, project, redis_u
 def test_inline_retrain_refuses_without_gain_and_records_why(ls, project, backend):
     settings, client = backend(RPSAM2_RETRAIN_MIN_GAIN="1", RPSAM2_DECODER_FT_STEPS="0")
     pid = project["id"]
-    shift = CheckpointStore(settings.model_dir, "shift")
+    shift = CheckpointStore(settings.model.model_dir, "shift")
     live_before, versions_before = shift.live(), shift.versions()
     predicted_before = _predicted_tasks(ls, pid)
 
@@ -244,5 +247,5 @@ def test_inline_retrain_refuses_without_gain_and_records_why(ls, project, backen
     assert shift.history()[-1] == {**shift.history()[-1], "event": "refuse", "version": new, "live": live_before}
     assert shift.metadata(new)["gate"]["passed"] is False
     assert _predicted_tasks(ls, pid) == predicted_before  # no pseudo-masks without a promotion
-    assert not Path(settings.model_dir, ".retrain-work").exists() or not any(
-        Path(settings.model_dir, ".retrain-work").iterdir())
+    assert not Path(settings.model.model_dir, ".retrain-work").exists() or not any(
+        Path(settings.model.model_dir, ".retrain-work").iterdir())

@@ -7,11 +7,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from rpsam2_backend.core.retrain_status import read_status
+from rpsam2_backend.core.settings import Settings
 from rpsam2_backend.engine.checkpoint_store import CheckpointStore
 from rpsam2_backend.labelstudio.brush import mask_to_rle
 from rpsam2_backend.labelstudio.label_config import parse_label_config
-from rpsam2_backend.learning import on_event, project_of, read_status
-from rpsam2_backend.settings import Settings
+from rpsam2_backend.web.learning_hook import on_event, project_of
 from trainer import cli_models
 from trainer.accepted_labels import TaskLabel, classify_tasks, split_train_val
 from trainer.retrain import gate
@@ -91,9 +92,11 @@ def test_gate_needs_a_gain_and_a_bounded_std():
 
 
 def test_inline_counter_counts_usable_labels_only(tmp_path, monkeypatch):
-    settings = Settings(model_dir=str(tmp_path), retrain_every=2)
+    settings = Settings.from_env({"MODEL_DIR": str(tmp_path), "RPSAM2_RETRAIN_EVERY": "2"})
     started = []
-    monkeypatch.setattr("rpsam2_backend.learning._start_thread", lambda s, p: started.append(p) or {"enqueued": True})
+    monkeypatch.setattr(
+        "rpsam2_backend.queue.retrain._start_thread", lambda s, p: started.append(p) or {"enqueued": True}
+    )
     state = SimpleNamespace(settings=settings, label_studio=None)
     good = {"annotation": {"id": 1, "project": 5, "result": [KEYPOINT]}, "project": {"id": 5}}
     skipped = {"annotation": {"id": 2, "result": [KEYPOINT], "was_cancelled": True}, "project": {"id": 5}}

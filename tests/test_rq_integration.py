@@ -28,14 +28,14 @@ from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
-from rpsam2_backend.dispatch import PREENCODE_JOB, SEGMENT_JOB
-from rpsam2_backend.errors import BackendError, ServiceUnavailable
+from rpsam2_backend.core.errors import BackendError, ServiceUnavailable
+from rpsam2_backend.core.names import PREENCODE_JOB, SEGMENT_JOB
+from rpsam2_backend.core.settings import Settings
 from rpsam2_backend.labelstudio.brush import rle_to_mask
-from rpsam2_backend.rq_dispatch import RQDispatcher
-from rpsam2_backend.settings import Settings
-from rpsam2_backend.worker import queue_names
-from rpsam2_backend.worker_presence import is_alive, live_workers, pick_worker, sticky_queue
-from tests.conftest import TINY_CONFIG, save_png
+from rpsam2_backend.queue.presence import is_alive, live_workers, pick_worker, sticky_queue
+from rpsam2_backend.queue.rq_dispatch import RQDispatcher
+from rpsam2_backend.queue.worker import queue_names
+from tests.conftest import random_weights_env, save_png
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 WORKER_BIN = str(Path(sys.executable).with_name("rpsam2-worker"))
@@ -145,18 +145,14 @@ class Cluster:
         self.redis = RedisServer(tmp)
         self.redis.start()
         self.conn = redis.Redis.from_url(self.redis.url, socket_timeout=5)
-        self.settings = Settings(
-            sam2_config=TINY_CONFIG, allow_random_weights=True, device="cpu", model_dir=str(tmp / "models"),
-            local_files_root=str(self.files), redis_url=self.redis.url, predict_timeout=PREDICT_TIMEOUT,
-            result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL, worker_heartbeat=HEARTBEAT, cache_mb=512,
-        )
+        overrides = {
+            **random_weights_env(tmp / "models", self.files), "REDIS_URL": self.redis.url,
+            "RPSAM2_PREDICT_TIMEOUT": str(PREDICT_TIMEOUT), "RPSAM2_RESULT_TTL": str(RESULT_TTL),
+            "RPSAM2_FAILURE_TTL": str(FAILURE_TTL), "RPSAM2_WORKER_HEARTBEAT": str(HEARTBEAT),
+        }
+        self.settings = Settings.from_env(overrides)
         env = {k: v for k, v in os.environ.items() if not k.startswith("RPSAM2_") and k not in ("REDIS_URL",)}
-        env.update(
-            REDIS_URL=self.redis.url, RPSAM2_SAM2_CONFIG=TINY_CONFIG, RPSAM2_ALLOW_RANDOM_WEIGHTS="1",
-            RPSAM2_DEVICE="cpu", MODEL_DIR=self.settings.model_dir, RPSAM2_CACHE_MB="512",
-            LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(self.files), RPSAM2_WORKER_HEARTBEAT=str(HEARTBEAT),
-            PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1",  # two workers share two cores
-        )
+        env.update(overrides, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")  # two workers share two cores
         self.env = env
         self.workers: dict[str, WorkerProcess] = {}
         self.images = self._make_images()
@@ -189,8 +185,8 @@ class Cluster:
     def start_web(self) -> None:
         from werkzeug.serving import make_server
 
-        from rpsam2_backend.server import create_app
-        from rpsam2_backend.web_state import get_web_state
+        from rpsam2_backend.web.app import create_app
+        from rpsam2_backend.web.state import get_web_state
 
         app = create_app(self.settings, warm=False)
         self.state = get_web_state()
@@ -306,7 +302,8 @@ def test_worker_without_checkpoint_fails_fast_with_the_config_message(tmp_path):
 def test_worker_heartbeat_sets_last_heartbeat_and_ttl_through_a_pipeline(tmp_path, monkeypatch):
     from rq.utils import utcparse
 
-    from rpsam2_backend.worker import RQ_WORKER_TTL, RPSAM2Worker
+    from rpsam2_backend.core.names import RQ_WORKER_TTL
+    from rpsam2_backend.queue.worker import RPSAM2Worker
 
     server = RedisServer(tmp_path)
     server.start()
@@ -346,7 +343,7 @@ def test_worker_heartbeat_sets_last_heartbeat_and_ttl_through_a_pipeline(tmp_pat
 def test_reaper_hands_a_dead_workers_waiting_clicks_to_the_shared_queue(tmp_path):
     """A web process may still wait for a click queued behind a worker that died: the reaper
     moves it to the shared click queue instead of deleting it, unless the waiter took it back."""
-    from rpsam2_backend.worker_presence import publish, reap_abandoned
+    from rpsam2_backend.queue.presence import publish, reap_abandoned
 
     server = RedisServer(tmp_path)
     server.start()
@@ -472,7 +469,7 @@ def test_job_errors_reach_http_and_the_failed_registry_with_failure_ttl(cluster)
 
 @redis_test
 def test_click_with_no_worker_on_its_queue_fails_within_the_timeout(cluster):
-    lonely = RQDispatcher(cluster.settings.with_(click_queue="rpsam2-nobody", predict_timeout=2.0))
+    lonely = RQDispatcher(cluster.settings.with_("queue", click_queue="rpsam2-nobody", predict_timeout=2.0))
     started = time.monotonic()
     with pytest.raises(ServiceUnavailable) as err:
         lonely.call(SEGMENT_JOB, {"image_url": cluster.images[0], "clicks": [{"x": 5, "y": 5}]}, "k")
@@ -499,11 +496,11 @@ def test_twenty_concurrent_clicks_on_four_images_match_one_at_a_time(cluster):
 @redis_test
 def test_promoted_shift_block_reaches_running_workers(cluster):
     from rpsam2_backend.engine.checkpoint_store import CheckpointStore
-    from rpsam2_backend.engine.shift_block import ShiftBlock, ShiftBlockConfig
+    from rpsam2_backend.engine.modeling.shift_block import ShiftBlock, ShiftBlockConfig
 
     block_dir = cluster.tmp / "shift-candidate"
     ShiftBlock(ShiftBlockConfig(layers=1, ffn_dim=256)).save(block_dir)
-    store = CheckpointStore(cluster.settings.model_dir, "shift")
+    store = CheckpointStore(cluster.settings.model.model_dir, "shift")
     name = store.add(block_dir)
     store.promote(name, reason="test")
     try:
@@ -519,7 +516,7 @@ def test_promoted_shift_block_reaches_running_workers(cluster):
 @redis_test
 def test_training_queue_runs_scheduled_jobs_on_the_training_worker_only(cluster):
     url = getattr(cluster, "cached_on", {}).get("wb", cluster.images[0])
-    train = Queue(cluster.settings.train_queue, connection=cluster.conn)
+    train = Queue(cluster.settings.queue.train_queue, connection=cluster.conn)
     # Periodic retraining uses enqueue_in: the worker serving the training queue runs rq's scheduler.
     job = train.enqueue_in(timedelta(seconds=1), PREENCODE_JOB, {"image_url": url}, result_ttl=RESULT_TTL)
     wait_for(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 60, "the scheduled job to run")

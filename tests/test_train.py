@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from rpsam2_backend.engine.predictor import Click, RPSAM2Predictor
-from rpsam2_backend.engine.shift_block import ShiftBlock, ShiftBlockConfig
+from rpsam2_backend.engine.modeling.shift_block import ShiftBlock, ShiftBlockConfig
+from rpsam2_backend.engine.predictor import PixelClick, RPSAM2Predictor
 from trainer.candidates import CandidateGenerator, GridSpec, nearest_candidate_distance
 from trainer.datasets.base import ObjectMask, Sample
 from trainer.train import (
@@ -102,7 +102,7 @@ def test_dice_term_alone_reaches_the_block_through_frozen_sam2(sam2_engine, voc,
 
 def test_objects_of_different_images_share_one_decoder_call(sam2_engine, voc, voc_feature_cache):
     """Clicks on two images of one size are stacked into one refine + decode; same numbers as apart."""
-    from rpsam2_backend.engine.sam2_model import ImageFeatures
+    from rpsam2_backend.engine.features import ImageFeatures
     from trainer.feature_cache import image_content_hash
 
     flipped_rgb = np.ascontiguousarray(voc["rgb"][:, ::-1])
@@ -184,13 +184,13 @@ def test_checkpoint_directory_format(trained_run):
 
 def test_checkpoint_loads_in_the_backend_and_moves_the_click(trained_run, sam2_engine, voc, voc_feature_cache,
                                                              random_settings):
-    from rpsam2_backend.runtime import Runtime
+    from rpsam2_backend.jobs.runtime import Runtime
 
     out = trained_run["result"].checkpoint_dir
     features = voc_feature_cache.get(voc["rgb"])
     mask = trained_run["train"][0].objects[0].load()
     rows, cols = np.nonzero(mask)
-    click = Click(float(cols[len(cols) // 2]) + 0.5, float(rows[len(rows) // 2]) + 0.5)
+    click = PixelClick(float(cols[len(cols) // 2]) + 0.5, float(rows[len(rows) // 2]) + 0.5)
 
     # The step-0 block (same seed, same config): what the checkpoint would be without training.
     torch.manual_seed(trained_run["config"].seed)

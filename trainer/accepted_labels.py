@@ -26,9 +26,11 @@ from typing import Any
 
 import requests
 
+from rpsam2_backend.core.errors import BadRequest
+from rpsam2_backend.core.settings import Settings
 from rpsam2_backend.labelstudio.images import ImageLoader
 from rpsam2_backend.labelstudio.label_config import LabelConfig, parse_label_config
-from rpsam2_backend.settings import Settings
+from rpsam2_backend.labelstudio.tasks import image_url
 from trainer.datasets.base import Dataset, Sample
 from trainer.datasets.labelstudio_export import _timestamp, brush_objects
 
@@ -99,13 +101,14 @@ def _kinds(annotation: dict) -> set[str]:
     return {item.get("type") for item in annotation.get("result") or [] if isinstance(item, dict)}
 
 
-def image_url(task: dict, config: LabelConfig) -> str | None:
-    data = task.get("data") or {}
-    for image in config.images:
-        value = data.get(image.value.lstrip("$"))
-        if value:
-            return str(value)
-    return None
+def annotated_image(task: dict, annotation: dict, config: LabelConfig) -> str | None:
+    """The URL of the image the annotation was drawn on (its results' to_name), None without one."""
+    to_name = next((item["to_name"] for item in annotation.get("result") or []
+                    if isinstance(item, dict) and isinstance(item.get("to_name"), str)), None)
+    try:
+        return image_url(task, config, to_name)
+    except BadRequest:
+        return None
 
 
 def classify_tasks(project: str, tasks: list[dict], config: LabelConfig) -> ProjectLabels:
@@ -114,7 +117,7 @@ def classify_tasks(project: str, tasks: list[dict], config: LabelConfig) -> Proj
     labels = ProjectLabels(project, config, reviewed=reviewed)
     for task in tasks:
         winner = winning_annotation(task, reviewed)
-        url = image_url(task, config)
+        url = annotated_image(task, winner, config) if winner is not None else None
         if winner is None or url is None:
             continue
         item = TaskLabel(int(task["id"]), url, int(winner.get("id") or 0), winner)
@@ -148,7 +151,7 @@ class LabelStudioClient:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LabelStudioClient:
-        return cls(settings.label_studio_url, settings.label_studio_api_key)
+        return cls(settings.label_studio.url, settings.label_studio.api_key)
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         kwargs.setdefault("timeout", self.timeout)

@@ -25,8 +25,9 @@ def add_sam2_arguments(group: argparse._ArgumentGroup) -> None:
 
 def build_engine(args: argparse.Namespace):
     """SAM2 from the command line over the environment's settings (ConfigError names the fix)."""
-    from rpsam2_backend.engine.sam2_model import SAM2Engine
-    from rpsam2_backend.settings import Settings
+    from rpsam2_backend.core.settings import Settings
+    from rpsam2_backend.engine.build import resolve_device
+    from rpsam2_backend.engine.sam2_engine import SAM2Engine
 
     changes: dict = {}
     if args.sam2_config:
@@ -39,9 +40,9 @@ def build_engine(args: argparse.Namespace):
         changes["allow_random_weights"] = True
     if args.device:
         changes["device"] = args.device
-    settings = Settings.from_env().with_(**changes)
+    settings = Settings.from_env().with_("model", **changes)
     checkpoint = settings.resolved_checkpoint()
-    return SAM2Engine.build(settings.sam2_config, checkpoint, settings.resolved_device())
+    return SAM2Engine.build(settings.model.sam2_config, checkpoint, resolve_device(settings.model.device))
 
 
 def run_cli(prog: str, parser: argparse.ArgumentParser, run: Callable, argv: Sequence[str] | None) -> int:

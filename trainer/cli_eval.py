@@ -126,8 +126,8 @@ def _load_data(args: argparse.Namespace):
 
 
 def _method_specs(names: Sequence[str], args: argparse.Namespace, device) -> dict:
-    from rpsam2_backend.engine.sam2_model import DECODER_WEIGHTS_FILE
-    from rpsam2_backend.engine.shift_block import ShiftBlock
+    from rpsam2_backend.engine.decoder_weights import DECODER_WEIGHTS_FILE
+    from rpsam2_backend.engine.modeling.shift_block import ShiftBlock
     from trainer.evaluate import MethodSpec
 
     specs = {}
@@ -149,7 +149,7 @@ def _method_specs(names: Sequence[str], args: argparse.Namespace, device) -> dic
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from rpsam2_backend.errors import ConfigError
+    from rpsam2_backend.core.errors import ConfigError
     from trainer.candidates import GridSpec
     from trainer.evaluate import evaluate, select_heatmaps
 

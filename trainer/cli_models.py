@@ -10,9 +10,9 @@ import argparse
 import sys
 import time
 
+from rpsam2_backend.core.errors import ConfigError
+from rpsam2_backend.core.settings import Settings
 from rpsam2_backend.engine.checkpoint_store import KINDS, CheckpointStore
-from rpsam2_backend.errors import ConfigError
-from rpsam2_backend.settings import Settings
 
 
 def _describe(store: CheckpointStore, name: str, live: str | None) -> str:
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", help="default: MODEL_DIR")
     args = parser.parse_args(argv)
     try:
-        model_dir = args.model_dir or Settings.from_env().model_dir
+        model_dir = args.model_dir or Settings.from_env().model.model_dir
     except ConfigError as exc:
         print(f"rpsam2-models: {exc}", file=sys.stderr)
         return 2

@@ -16,8 +16,8 @@ import logging
 import sys
 import time
 
-from rpsam2_backend.errors import ConfigError
-from rpsam2_backend.settings import Settings
+from rpsam2_backend.core.errors import ConfigError
+from rpsam2_backend.core.settings import Settings
 
 
 def _once(settings: Settings, project: str) -> int:
@@ -54,12 +54,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rpsam2-retrain: {exc}", file=sys.stderr)
         return 2
     project = args.project.strip()
-    if not settings.label_studio_url:
+    if not settings.label_studio.url:
         print("rpsam2-retrain: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY so the labels can be read",
               file=sys.stderr)
         return 2
     if args.enqueue:
-        if not settings.redis_url:
+        if not settings.queue.redis_url:
             print("rpsam2-retrain: --enqueue needs REDIS_URL (or use --once)", file=sys.stderr)
             return 2
         from trainer.retrain import enqueue
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.once:
         return _once(settings, project)
-    interval = args.interval or settings.retrain_interval or 3600
+    interval = args.interval or settings.learning.retrain_interval or 3600
     while True:
         code = _once(settings, project)
         if code == 2:

@@ -156,7 +156,7 @@ def _load_data(args: argparse.Namespace):
 
 
 def _config(args: argparse.Namespace):
-    from rpsam2_backend.engine.shift_block import ShiftBlockConfig
+    from rpsam2_backend.engine.modeling.shift_block import ShiftBlockConfig
     from trainer.candidates import GridSpec
     from trainer.train import TrainConfig
 
@@ -194,7 +194,7 @@ def _config(args: argparse.Namespace):
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     import torch
 
-    from rpsam2_backend.errors import ConfigError
+    from rpsam2_backend.core.errors import ConfigError
     from trainer.train import train_shift_block
 
     config = _config(args)

@@ -23,7 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rpsam2_backend.engine.sam2_model import ImageFeatures, SAM2Engine, save_decoder
+from rpsam2_backend.engine.decoder_weights import save_decoder
+from rpsam2_backend.engine.features import ImageFeatures
+from rpsam2_backend.engine.sam2_engine import SAM2Engine
 from trainer.datasets.base import Sample
 from trainer.feature_cache import FeatureCache
 from trainer.train import click_points

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
-from rpsam2_backend.engine.sam2_model import ImageFeatures
+from rpsam2_backend.engine.features import ImageFeatures
 from trainer.candidates import GridSpec, grid_points
 
 if TYPE_CHECKING:

@@ -33,9 +33,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from rpsam2_backend.engine.decoder_weights import DecoderSwapper
+from rpsam2_backend.engine.features import ImageFeatures
+from rpsam2_backend.engine.modeling.shift_block import ShiftBlock
 from rpsam2_backend.engine.predictor import RPSAM2Predictor
-from rpsam2_backend.engine.sam2_model import DecoderSwapper, ImageFeatures, SAM2Engine
-from rpsam2_backend.engine.shift_block import ShiftBlock
+from rpsam2_backend.engine.sam2_engine import SAM2Engine
 from trainer.candidates import GridSpec
 from trainer.datasets.base import Dataset
 from trainer.metrics import dice, hd95

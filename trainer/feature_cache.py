@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rpsam2_backend.engine.sam2_model import ImageFeatures, SAM2Engine
+from rpsam2_backend.engine.features import ImageFeatures
+from rpsam2_backend.engine.sam2_engine import SAM2Engine
 
 log = logging.getLogger(__name__)
 

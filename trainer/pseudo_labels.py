@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rpsam2_backend.engine.predictor import Click, RPSAM2Predictor
+from rpsam2_backend.engine.predictor import PixelClick, RPSAM2Predictor
 from rpsam2_backend.labelstudio.brush import mask_to_rle
 from rpsam2_backend.labelstudio.images import ImageLoader
 from trainer.accepted_labels import LabelStudioClient, ProjectLabels, TaskLabel
@@ -39,7 +39,7 @@ class PseudoLabelResult:
         return {"uploaded_tasks": self.uploaded_tasks, "skipped_tasks": self.skipped_tasks, "objects": self.objects}
 
 
-def task_clicks(task: TaskLabel, width: int, height: int) -> list[tuple[str, str, Click]]:
+def task_clicks(task: TaskLabel, width: int, height: int) -> list[tuple[str, str, PixelClick]]:
     """(label, to_name, click in pixels) for every positive keypoint of the task's annotation."""
     out = []
     for item in task.annotation.get("result") or []:
@@ -55,7 +55,7 @@ def task_clicks(task: TaskLabel, width: int, height: int) -> list[tuple[str, str
         except (KeyError, TypeError, ValueError):
             log.warning("task %s: keypoint without x/y skipped", task.task_id)
             continue
-        out.append((str(labels[0]), str(item.get("to_name") or ""), Click(x, y, True)))
+        out.append((str(labels[0]), str(item.get("to_name") or ""), PixelClick(x, y, True)))
     return out
 
 

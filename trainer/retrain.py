@@ -31,28 +31,25 @@ finds the lock taken and ends as "skipped".
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from rpsam2_backend.core.contracts import RetrainPayload
+from rpsam2_backend.core.names import retrain_job_id, version_string
+from rpsam2_backend.core.retrain_status import read_status, write_status
+from rpsam2_backend.core.settings import Settings, get_settings
+from rpsam2_backend.engine.build import resolve_device
 from rpsam2_backend.engine.checkpoint_store import CheckpointStore
-from rpsam2_backend.engine.predictor import RPSAM2Predictor, version_string
-from rpsam2_backend.engine.sam2_model import SAM2Engine
-from rpsam2_backend.engine.shift_block import ShiftBlock
+from rpsam2_backend.engine.decoder_weights import DecoderSwapper
+from rpsam2_backend.engine.modeling.shift_block import ShiftBlock
+from rpsam2_backend.engine.predictor import RPSAM2Predictor
+from rpsam2_backend.engine.sam2_engine import SAM2Engine, shared_engine
 from rpsam2_backend.labelstudio.images import ImageLoader
-from rpsam2_backend.learning import (
-    RETRAIN_JOB,
-    enqueue_retrain,
-    read_status,
-    retrain_job_id,
-    write_status,
-)
-from rpsam2_backend.settings import Settings, get_settings
+from rpsam2_backend.queue.retrain import enqueue_retrain, retrain_run_lock, schedule_retrain
 from trainer import accepted_labels as al
 from trainer.decoder_ft import DecoderFTConfig, private_engine, train_decoder
 from trainer.evaluate import MethodSpec, evaluate
@@ -63,8 +60,6 @@ from trainer.train import TrainConfig, train_shift_block
 
 log = logging.getLogger("trainer.retrain")
 
-RUN_LOCK_KEY = "rpsam2:retrain:running:{project}"
-SCHEDULE_PREFIX = "rpsam2-retrain-{project}-at-"
 WORK_DIR = ".retrain-work"
 
 
@@ -121,88 +116,34 @@ def gate(live: dict, candidate: dict, min_gain: float, std_tolerance: float) -> 
     return True, f"improved: {numbers}"
 
 
-# ------------------------------------------------------------------------------------ locking
-
-
-@contextlib.contextmanager
-def run_lock(settings: Settings, project: str) -> Iterator[bool]:
-    """Yields True when this process may retrain the project now, False when another run holds it."""
-    if settings.redis_url:
-        from rpsam2_backend.rq_dispatch import connect
-
-        lock = connect(settings.redis_url, settings.redis_timeout).lock(
-            RUN_LOCK_KEY.format(project=project), timeout=settings.retrain_timeout + 60
-        )
-        got = lock.acquire(blocking=False)
-        try:
-            yield got
-        finally:
-            if got:
-                with contextlib.suppress(Exception):
-                    lock.release()
-        return
-    path = Path(settings.model_dir) / f".retrain-{project}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def schedule_next(settings: Settings, payload: dict) -> str | None:
-    """With RPSAM2_RETRAIN_INTERVAL and Redis: schedule the next run unless one is already scheduled."""
-    if settings.retrain_interval <= 0 or not settings.redis_url:
-        return None
-    from rq import Queue
-    from rq.registry import ScheduledJobRegistry
-
-    from rpsam2_backend.rq_dispatch import connect
-
-    project = str(payload["project"])
-    conn = connect(settings.redis_url, settings.redis_timeout)
-    queue = Queue(settings.train_queue, connection=conn)
-    prefix = SCHEDULE_PREFIX.format(project=project)
-    if any(job_id.startswith(prefix) for job_id in ScheduledJobRegistry(queue=queue).get_job_ids()):
-        return None
-    job_id = f"{prefix}{int(time.time()) + settings.retrain_interval}"
-    from datetime import timedelta
-
-    queue.enqueue_in(
-        timedelta(seconds=settings.retrain_interval), RETRAIN_JOB, {**payload, "reason": "schedule"},
-        job_id=job_id, unique=True, job_timeout=settings.retrain_timeout, result_ttl=86400,
-        failure_ttl=settings.failure_ttl,
-    )
-    log.info("next retrain of project %s scheduled in %d s (%s)", project, settings.retrain_interval, job_id)
-    return job_id
-
-
 # ------------------------------------------------------------------------------------ the job
 
 
 def _engine(settings: Settings, engine: SAM2Engine | None) -> SAM2Engine:
+    """A private copy of this process's SAM2 (shared with the click runtime of a worker that serves
+    both queues) with the live SAM2-FT decoder loaded, so evaluation can swap decoders safely."""
     if engine is None:
-        from rpsam2_backend.runtime import get_runtime
+        model = settings.model
+        engine = shared_engine(model.sam2_config, settings.resolved_checkpoint(), resolve_device(model.device))
+    engine = private_engine(engine)
+    pinned = settings.model.decoder_checkpoint
+    live = Path(pinned) if pinned else CheckpointStore(settings.model.model_dir, "decoder").live_path()
+    if live is not None:
+        DecoderSwapper(engine).load(live)
+        engine = private_engine(engine)  # "no decoder swapped in" now means the live decoder
+    return engine
 
-        runtime = get_runtime(settings)
-        runtime.refresh_versions()  # the engine's decoder is then the live one
-        engine = runtime.engine
-    return private_engine(engine)
 
-
-def _client_and_loader(settings: Settings, payload: dict) -> tuple[al.LabelStudioClient, ImageLoader]:
-    ls = payload.get("label_studio") or {}
-    if not settings.label_studio_url and ls.get("url"):
-        settings = settings.with_(label_studio_url=ls["url"], label_studio_api_key=ls.get("token", ""))
+def _client_and_loader(settings: Settings, payload: RetrainPayload) -> tuple[al.LabelStudioClient, ImageLoader]:
+    ls = payload.get("label_studio")
+    if not settings.label_studio.url and ls and ls.get("url"):
+        settings = settings.with_("label_studio", url=ls["url"], api_key=ls.get("token", ""))
     return al.LabelStudioClient.from_settings(settings), ImageLoader(settings)
 
 
-def retrain_job(payload: dict, settings: Settings | None = None, engine: SAM2Engine | None = None) -> dict:
+def retrain_job(
+    payload: RetrainPayload, settings: Settings | None = None, engine: SAM2Engine | None = None
+) -> dict[str, Any]:
     """{"project": id, "reason": str, ["label_studio": {url, token}]} -> the retrain's status dict."""
     settings = settings or get_settings()
     if not isinstance(payload, dict) or payload.get("project") in (None, ""):
@@ -212,30 +153,32 @@ def retrain_job(payload: dict, settings: Settings | None = None, engine: SAM2Eng
     base = {"project": project, "job_id": progress.job.id if progress.job else retrain_job_id(project),
             "trigger": payload.get("reason", "")}
     try:
-        with run_lock(settings, project) as got:
+        with retrain_run_lock(settings, project) as got:
             if not got:
                 status = {**base, "status": "skipped", "reason": "another retrain of this project is running"}
                 log.info("retrain project %s skipped: %s", project, status["reason"])
                 return status  # the running one owns retrain_status.json
-            write_status(settings.model_dir, {**base, "status": "running", "reason": "", "previous": _last(settings)})
+            running = {**base, "status": "running", "reason": "", "previous": _last(settings)}
+            write_status(settings.model.model_dir, running)
             return _run(settings, payload, project, progress, base, engine)
     finally:
         with contextlib.suppress(Exception):
-            schedule_next(settings, payload)
+            schedule_retrain(settings, payload)
 
 
 def _last(settings: Settings) -> dict | None:
-    last = read_status(settings.model_dir)
+    last = read_status(settings.model.model_dir)
     return {k: last.get(k) for k in ("status", "time", "reason")} if last else None
 
 
-def _run(settings: Settings, payload: dict, project: str, progress: Progress, base: dict,
+def _run(settings: Settings, payload: RetrainPayload, project: str, progress: Progress, base: dict,
          engine: SAM2Engine | None) -> dict:
-    shift_store = CheckpointStore(settings.model_dir, "shift")
-    decoder_store = CheckpointStore(settings.model_dir, "decoder")
+    learning, model_dir = settings.learning, settings.model.model_dir
+    shift_store = CheckpointStore(model_dir, "shift")
+    decoder_store = CheckpointStore(model_dir, "decoder")
     pending: list[tuple[CheckpointStore, str, str]] = []  # (store, version, reason) to promote at the end
     report: dict[str, Any] = {}
-    work_root = Path(settings.model_dir) / WORK_DIR
+    work_root = Path(model_dir) / WORK_DIR
     work_root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"{project}-", dir=work_root))
     try:
@@ -244,13 +187,13 @@ def _run(settings: Settings, payload: dict, project: str, progress: Progress, ba
         labels = al.fetch_project_labels(client, project)
         report["labels"] = {"accepted": len(labels.accepted), "click_only": len(labels.click_only),
                             "reviewed": labels.reviewed}
-        if len(labels.accepted) < max(2, settings.retrain_min_labels):
+        if len(labels.accepted) < max(2, learning.retrain_min_labels):
             reason = (f"only {len(labels.accepted)} accepted masks; RPSAM2_RETRAIN_MIN_LABELS="
-                      f"{settings.retrain_min_labels} (and at least 2) are needed")
-            return write_status(settings.model_dir, {**base, "status": "skipped", "reason": reason, **report})
+                      f"{learning.retrain_min_labels} (and at least 2) are needed")
+            return write_status(model_dir, {**base, "status": "skipped", "reason": reason, **report})
 
         progress("split")
-        train_items, val_items = al.split_train_val(labels.accepted, settings.retrain_val_fraction)
+        train_items, val_items = al.split_train_val(labels.accepted, learning.retrain_val_fraction)
         train_ds = al.to_dataset(train_items, loader, f"project-{project}-train")
         val_ds = al.to_dataset(val_items, loader, f"project-{project}-val")
         report["split"] = {"train_tasks": [t.task_id for t in train_items], "val_tasks": [t.task_id for t in val_items]}
@@ -263,7 +206,7 @@ def _run(settings: Settings, payload: dict, project: str, progress: Progress, ba
 
         progress("shift", f"fine-tuning the shift block from {live_name or 'scratch'}",
                  train=len(train_items), val=len(val_items))
-        config = TrainConfig(steps=max(1, settings.retrain_steps), val_seeds=min(settings.retrain_seeds, 3),
+        config = TrainConfig(steps=max(1, learning.retrain_steps), val_seeds=min(learning.retrain_seeds, 3),
                              cache_dir=str(cache_dir), progress=False, keep_resume_state=False)
         result = train_shift_block(train_ds, val_ds, engine, config, work / "shift",
                                    init_from=shift_store.path(live_name) if live_name else None)
@@ -272,11 +215,11 @@ def _run(settings: Settings, payload: dict, project: str, progress: Progress, ba
         progress("gate", "evaluating live vs candidate shift block on the validation split")
         methods = {"live": MethodSpec("live", shift_block=live_block),
                    "candidate": MethodSpec("candidate", shift_block=candidate_block)}
-        evaluation = evaluate(val_ds, engine, methods, seeds=settings.retrain_seeds, out_dir=work / "eval-shift",
+        evaluation = evaluate(val_ds, engine, methods, seeds=learning.retrain_seeds, out_dir=work / "eval-shift",
                               feature_cache=features, progress=False)
         metrics = {"live": metric_cell(evaluation, "live"), "candidate": metric_cell(evaluation, "candidate")}
-        ok, reason = gate(metrics["live"], metrics["candidate"], settings.retrain_min_gain,
-                          settings.retrain_std_tolerance)
+        ok, reason = gate(metrics["live"], metrics["candidate"], learning.retrain_min_gain,
+                          learning.retrain_std_tolerance)
         meta = {
             "kind": "shift", "project": project, "base": live_name, "job_id": base["job_id"],
             "hyper_params": config.to_dict(), "metrics": metrics, "gate": {"passed": ok, "reason": reason},
@@ -290,7 +233,7 @@ def _run(settings: Settings, payload: dict, project: str, progress: Progress, ba
         if not ok:
             shift_store.refuse(shift_name, reason)
             progress("done", f"shift {shift_name} refused: {reason}")
-            return write_status(settings.model_dir, {**base, "status": "refused", "reason": reason, **report})
+            return write_status(model_dir, {**base, "status": "refused", "reason": reason, **report})
         pending.append((shift_store, shift_name, reason))
 
         decoder_live = decoder_store.live() or ""
@@ -298,22 +241,22 @@ def _run(settings: Settings, payload: dict, project: str, progress: Progress, ba
         progress("pseudo", f"pseudo-masks for {len(labels.click_only)} click-only tasks as {model_version}")
         predictor = RPSAM2Predictor(engine, candidate_block, shift_version=shift_name, decoder_version=decoder_live)
         pseudo = generate_pseudo_labels(
-            labels, predictor, features, loader, client, model_version, batch=max(1, settings.pseudo_batch),
+            labels, predictor, features, loader, client, model_version, batch=max(1, learning.pseudo_batch),
             progress=lambda done, total: progress("pseudo", f"{done}/{total} tasks"),
         )
         report["pseudo"] = {"model_version": model_version, **pseudo.to_dict()}
 
-        if settings.decoder_ft_steps > 0:
+        if learning.decoder_ft_steps > 0:
             progress("decoder", f"SAM2-FT on {len(train_ds)} accepted + {len(pseudo.samples)} pseudo-labelled images")
-            ft_config = DecoderFTConfig(steps=settings.decoder_ft_steps)
+            ft_config = DecoderFTConfig(steps=learning.decoder_ft_steps)
             summary = train_decoder([*train_ds, *pseudo.samples], engine, features, ft_config, work / "decoder")
             methods = {"current": MethodSpec("current", shift_block=candidate_block),
                        "candidate": MethodSpec("candidate", shift_block=candidate_block, decoder_dir=work / "decoder")}
-            evaluation = evaluate(val_ds, engine, methods, seeds=settings.retrain_seeds,
+            evaluation = evaluate(val_ds, engine, methods, seeds=learning.retrain_seeds,
                                   out_dir=work / "eval-decoder", feature_cache=features, progress=False)
             dmetrics = {"live": metric_cell(evaluation, "current"), "candidate": metric_cell(evaluation, "candidate")}
-            dok, dreason = gate(dmetrics["live"], dmetrics["candidate"], settings.retrain_min_gain,
-                                settings.retrain_std_tolerance)
+            dok, dreason = gate(dmetrics["live"], dmetrics["candidate"], learning.retrain_min_gain,
+                                learning.retrain_std_tolerance)
             dmeta = {
                 "kind": "decoder", "project": project, "base": decoder_live or None, "shift": shift_name,
                 "job_id": base["job_id"], "hyper_params": ft_config.to_dict(), "metrics": dmetrics,
@@ -340,14 +283,14 @@ def _run(settings: Settings, payload: dict, project: str, progress: Progress, ba
             f"; decoder refused: {report['decoder']['reason']}" if report.get("decoder") and
             not report["decoder"]["passed"] else "")
         progress("done", reason)
-        return write_status(settings.model_dir, {**base, "status": "promoted", "reason": reason,
+        return write_status(model_dir, {**base, "status": "promoted", "reason": reason,
                                                  "model_version": final_version, **report})
     except Exception as exc:
         error = RetrainStepError(progress.step, exc)
         for store, name, _ in pending:
             with contextlib.suppress(Exception):
                 store.refuse(name, f"retrain failed before promotion: {error}")
-        write_status(settings.model_dir, {**base, "status": "failed", "step": progress.step, "reason": str(error),
+        write_status(model_dir, {**base, "status": "failed", "step": progress.step, "reason": str(error),
                                           **report})
         log.exception("retrain of project %s failed at step %s", project, progress.step)
         raise error from exc

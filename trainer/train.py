@@ -66,9 +66,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from rpsam2_backend.engine.features import ImageFeatures
+from rpsam2_backend.engine.modeling.shift_block import ShiftBlock, ShiftBlockConfig
 from rpsam2_backend.engine.predictor import RPSAM2Predictor
-from rpsam2_backend.engine.sam2_model import ImageFeatures, SAM2Engine
-from rpsam2_backend.engine.shift_block import ShiftBlock, ShiftBlockConfig
+from rpsam2_backend.engine.sam2_engine import SAM2Engine
 from trainer.candidates import DEFAULT_EPS, CandidateGenerator, GridSpec, nearest_candidate_distance
 from trainer.feature_cache import FeatureCache, encoder_identity, image_content_hash
 from trainer.losses import CompoundLoss, LossTerms

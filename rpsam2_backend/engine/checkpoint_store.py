@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from rpsam2_backend.core.names import LIVE_FILE, live_version
+
 KINDS = ("shift", "decoder")
 
 
@@ -28,7 +30,7 @@ class CheckpointStore:
         self.kind = kind
         self.root = Path(model_dir) / kind
         self.versions_dir = self.root / "versions"
-        self.live_file = self.root / "LIVE"
+        self.live_file = self.root / LIVE_FILE
         self.history_file = self.root / "history.jsonl"
 
     # --- reading ---------------------------------------------------------------------------
@@ -44,11 +46,7 @@ class CheckpointStore:
         return path
 
     def live(self) -> str | None:
-        try:
-            name = self.live_file.read_text().strip()
-        except FileNotFoundError:
-            return None
-        return name or None
+        return live_version(self.root.parent, self.kind)
 
     def live_path(self) -> Path | None:
         name = self.live()

@@ -13,30 +13,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from rpsam2_backend.engine.cache import EmbeddingCache
-from rpsam2_backend.engine.sam2_model import ImageFeatures, SAM2Engine
-from rpsam2_backend.engine.shift_block import ShiftBlock
-from rpsam2_backend.settings import config_stem
-
-
-def version_string(sam2_config: str, shift_version: str, decoder_version: str, random_weights: bool) -> str:
-    """What Label Studio shows as model_version: method, SAM2 size, shift and decoder versions.
-
-    e.g. ``rpsam2/sam2.1_hiera_l/shift-v0003/decoder-v0001``; plain SAM2 says ``sam2/...``.
-    """
-    parts = ["rpsam2" if shift_version else "sam2", config_stem(sam2_config)]
-    if shift_version:
-        parts.append(f"shift-{shift_version}")
-    if decoder_version:
-        parts.append(f"decoder-{decoder_version}")
-    if random_weights:
-        parts.append("RANDOM-WEIGHTS")
-    return "/".join(parts)
+from rpsam2_backend.core.names import version_string
+from rpsam2_backend.engine.embedding_cache import EmbeddingCache
+from rpsam2_backend.engine.features import ImageFeatures
+from rpsam2_backend.engine.modeling.shift_block import ShiftBlock
+from rpsam2_backend.engine.sam2_engine import SAM2Engine
 
 
 @dataclass(frozen=True)
-class Click:
-    """A click in continuous pixel coordinates of the original image."""
+class PixelClick:
+    """A click in continuous pixel coordinates of the original image (Label Studio sends percent:
+    ``labelstudio.clicks.PercentClick``; the job converts with the size of the image it loaded)."""
 
     x: float
     y: float
@@ -115,7 +102,7 @@ class RPSAM2Predictor:
     def segment(
         self,
         image: np.ndarray | None,
-        clicks: list[Click],
+        clicks: list[PixelClick],
         image_key: str | None = None,
         features: ImageFeatures | None = None,
     ) -> Segmentation:

@@ -9,13 +9,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from rpsam2_backend.errors import BadRequest
+from rpsam2_backend.core.errors import BadRequest
 
 KEYPOINT_TYPE = "keypointlabels"
 
 
 @dataclass(frozen=True)
-class Click:
+class PercentClick:
+    """A click as Label Studio sends it: percent of the image, whatever its pixel size."""
+
     x: float  # percent of the image width, 0..100
     y: float  # percent of the image height, 0..100
     positive: bool
@@ -23,7 +25,7 @@ class Click:
 
 @dataclass(frozen=True)
 class ClickRequest:
-    clicks: list[Click]  # in the order the annotator made them
+    clicks: list[PercentClick]  # in the order the annotator made them
     label: str
     from_name: str  # the KeyPointLabels control
     to_name: str  # the Image object clicked on
@@ -49,7 +51,7 @@ def _size(item: dict, key: str, where: str) -> int:
     return int(value)
 
 
-def _click(item: dict, where: str) -> tuple[Click, str]:
+def _click(item: dict, where: str) -> tuple[PercentClick, str]:
     value = item.get("value")
     if not isinstance(value, dict):
         raise BadRequest(f"{where} has no 'value' object")
@@ -75,7 +77,7 @@ def _click(item: dict, where: str) -> tuple[Click, str]:
         positive = True  # Label Studio leaves it out for plain (positive) clicks
     elif not isinstance(positive, bool):
         raise BadRequest(f"{where} is_positive must be true or false, got {positive!r}")
-    return Click(coords[0], coords[1], positive), labels[0]
+    return PercentClick(coords[0], coords[1], positive), labels[0]
 
 
 def parse_context(context: dict | None) -> ClickRequest | None:
@@ -93,7 +95,7 @@ def parse_context(context: dict | None) -> ClickRequest | None:
     if not isinstance(result, list):
         raise BadRequest(f"context.result must be a list, got {type(result).__name__}")
 
-    clicks: list[Click] = []
+    clicks: list[PercentClick] = []
     labels: list[str] = []
     first: dict | None = None
     for index, item in enumerate(result, start=1):

@@ -33,8 +33,8 @@ import requests
 from PIL import Image
 from urllib3.exceptions import ReadTimeoutError
 
-from rpsam2_backend.errors import BadRequest, ImageError
-from rpsam2_backend.settings import Settings
+from rpsam2_backend.core.errors import BadRequest, ImageError
+from rpsam2_backend.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ _SECRET_PARAM = re.compile(r"sig|token|key|credential|auth|password|secret|polic
 @dataclass(frozen=True)
 class LoadedImage:
     rgb: np.ndarray  # (H, W, 3) uint8
-    sha256: str  # hex digest of the raw file bytes (the embedding cache key)
+    sha256: str  # hex digest of the raw file bytes (what was read, for logs; the cache keys pixels)
     source: str  # where the bytes came from (a path or a redacted URL), for logs
 
 
@@ -79,13 +79,13 @@ def _origin(url: str) -> tuple[str, int | None]:
 
 class ImageLoader:
     def __init__(self, settings: Settings) -> None:
-        self.label_studio_url = settings.label_studio_url.rstrip("/")
-        self._token = settings.label_studio_api_key
-        self.local_files_root = settings.local_files_root
-        self.upload_dir = settings.upload_dir
-        self.max_bytes = int(settings.max_image_mb * 1024 * 1024)
-        self.max_pixels = settings.max_image_pixels
-        self.timeout = settings.fetch_timeout
+        self.label_studio_url = settings.label_studio.url.rstrip("/")
+        self._token = settings.label_studio.api_key
+        self.local_files_root = settings.label_studio.local_files_root
+        self.upload_dir = settings.label_studio.upload_dir
+        self.max_bytes = int(settings.images.max_mb * 1024 * 1024)
+        self.max_pixels = settings.images.max_pixels
+        self.timeout = settings.images.fetch_timeout
         self._session = requests.Session()
 
     # --- public ---------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
-from rpsam2_backend.errors import BadRequest
+from rpsam2_backend.core.errors import BadRequest
 
 # A DOCTYPE is the only way to declare entities; refusing it rules out entity expansion
 # ("billion laughs") and external entities, which stdlib expat would otherwise process.

@@ -19,81 +19,17 @@ from flask import Flask, Response, jsonify, request
 from label_studio_ml import api as lsml_api
 from label_studio_ml.exceptions import AnswerException
 from label_studio_ml.model import LabelStudioMLManager
-from werkzeug.serving import WSGIRequestHandler
 
-from rpsam2_backend.dispatch import SEGMENT_JOB
-from rpsam2_backend.errors import BackendError, BadRequest
+from rpsam2_backend.core.errors import BackendError, BadRequest
+from rpsam2_backend.core.names import SEGMENT_JOB
+from rpsam2_backend.core.retrain_status import read_status
+from rpsam2_backend.core.settings import Settings, get_settings
 from rpsam2_backend.labelstudio.rle_json import LabelStudioJSONEncoder
-from rpsam2_backend.learning import read_status
-from rpsam2_backend.metrics import BackendMetrics, MeteredDispatcher
-from rpsam2_backend.model import RPSAM2Model
-from rpsam2_backend.settings import Settings
-from rpsam2_backend.web_state import WebState, set_web_state
+from rpsam2_backend.web.model import RPSAM2Model
+from rpsam2_backend.web.prometheus import BackendMetrics, MeteredDispatcher
+from rpsam2_backend.web.state import WebState, get_web_state, set_web_state
 
 log = logging.getLogger(__name__)
-
-
-class _CountedBody:
-    """A request body that counts what the application read of it."""
-
-    def __init__(self, stream, length: int) -> None:
-        self.stream = stream
-        self.left = length
-
-    def _take(self, size: int | None) -> int:
-        return self.left if size is None or size < 0 else min(size, self.left)
-
-    def read(self, size: int | None = -1) -> bytes:
-        data = self.stream.read(self._take(size)) if self.left > 0 else b""
-        self.left -= len(data)
-        return data
-
-    def readline(self, size: int | None = -1) -> bytes:
-        data = self.stream.readline(self._take(size)) if self.left > 0 else b""
-        self.left -= len(data)
-        return data
-
-
-class KeepAliveRequestHandler(WSGIRequestHandler):
-    """HTTP/1.1 for the threaded development server (werkzeug 2.0 answers HTTP/1.0 and closes
-    every connection): a client that keeps its connection open saves a TCP setup and a thread
-    start per click.  Flask sets Content-Length on every response this app sends.
-
-    werkzeug 2.0 does not skip a body the application left unread (a 401 or 405 answered before
-    reading it): the next request on the connection would start inside that body.  Such a
-    connection is closed after the response instead."""
-
-    protocol_version = "HTTP/1.1"
-
-    def make_environ(self):
-        environ = super().make_environ()
-        self._body: _CountedBody | None = None
-        self._unknown_body = "wsgi.input_terminated" in environ  # chunked: no length to count
-        try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            self._unknown_body = True
-            length = 0
-        if length > 0 and not self._unknown_body:
-            self._body = _CountedBody(environ["wsgi.input"], length)
-            environ["wsgi.input"] = self._body
-        return environ
-
-    def _unread_body(self) -> bool:
-        body = getattr(self, "_body", None)
-        return getattr(self, "_unknown_body", False) or (body is not None and body.left > 0)
-
-    def end_headers(self) -> None:
-        # Headers go out once the application has answered: tell the client now.
-        if self._unread_body() and not self.close_connection:
-            self.send_header("Connection", "close")
-            self.close_connection = True
-        super().end_headers()
-
-    def run_wsgi(self) -> None:
-        super().run_wsgi()
-        if self._unread_body():  # read nothing more from this connection
-            self.close_connection = True
 
 
 def _error(status: int, message: str):
@@ -114,8 +50,6 @@ class RPSAM2Manager(LabelStudioMLManager):
     def fetch(cls, project=None, label_config=None, force_reload=False, **kwargs):
         wrapper = super().fetch(project, label_config, force_reload, **kwargs)
         wrapper.model_version = wrapper.model.model_version
-        from rpsam2_backend.web_state import get_web_state
-
         get_web_state().saw_setup(kwargs.get("hostname"), kwargs.get("access_token"))
         return wrapper
 
@@ -145,10 +79,11 @@ class RPSAM2Manager(LabelStudioMLManager):
 
 
 def _check_basic_auth(settings: Settings):
-    if not settings.basic_auth_user or request.endpoint == "health":
+    web = settings.web
+    if not web.basic_auth_user or request.endpoint == "health":
         return None
     header = request.headers.get("Authorization", "")
-    expected = base64.b64encode(f"{settings.basic_auth_user}:{settings.basic_auth_pass}".encode()).decode()
+    expected = base64.b64encode(f"{web.basic_auth_user}:{web.basic_auth_pass}".encode()).decode()
     if header.startswith("Basic ") and hmac.compare_digest(header[6:].strip(), expected):
         return None
     resp = jsonify({"status": 401, "detail": "basic auth required (BASIC_AUTH_USER / BASIC_AUTH_PASS)"})
@@ -174,15 +109,13 @@ def _check_json():
 
 def create_app(settings: Settings, warm: bool = True, state: WebState | None = None) -> Flask:
     """Build the app. ``warm`` loads SAM2 now in inline mode, so a bad setting fails at start."""
-    if settings.inline and warm:
-        from rpsam2_backend.runtime import get_runtime
-
-        get_runtime(settings)
     state = state or WebState(settings)
+    if warm:
+        state.dispatcher.warm()
     set_web_state(state)
 
     lsml_api._manager = RPSAM2Manager()
-    app = lsml_api.init_app(model_class=RPSAM2Model, model_dir=settings.model_dir)
+    app = lsml_api.init_app(model_class=RPSAM2Model, model_dir=settings.model.model_dir)
     app.json_encoder = LabelStudioJSONEncoder  # brush RLE arrives as bytes (see labelstudio/rle_json.py)
     app.before_request_funcs.setdefault(None, [])
     # Auth before JSON checks; both before label-studio-ml's own handlers.
@@ -201,12 +134,12 @@ def create_app(settings: Settings, warm: bool = True, state: WebState | None = N
             {
                 "status": "UP",
                 "model_version": state.model_version,
-                "model_dir": settings.model_dir,
+                "model_dir": settings.model.model_dir,
                 "redis": dispatch.get("redis", "unused"),
                 "live_workers": {name: q["workers"] for name, q in (dispatch.get("queues") or {}).items()},
                 "model_versions": dispatch.get("model_versions", []),
                 "dispatch": dispatch,
-                "last_retrain": read_status(settings.model_dir),
+                "last_retrain": read_status(settings.model.model_dir),
             }
         )
 
@@ -225,6 +158,4 @@ def create_app(settings: Settings, warm: bool = True, state: WebState | None = N
 
 
 def create_app_from_env() -> Flask:
-    from rpsam2_backend.settings import get_settings
-
     return create_app(get_settings())

@@ -1,22 +1,28 @@
-"""Job functions: one function per kind of work, run inline or by an RQ worker (same code).
+"""The click jobs: segment a click context, pre-encode an image; run inline or by an RQ worker.
 
-Payloads and results are plain JSON-able dicts so that they cross Redis unchanged.  Errors are
-raised as BackendError; their "[status] message" text survives RQ's failure record.
+Payloads and results are the TypedDicts of ``core.contracts`` (they cross Redis unchanged).
+Errors are raised as BackendError; their "[status] message" text survives RQ's failure record.
 """
 
 from __future__ import annotations
 
 import time
 
-from rpsam2_backend.dispatch import PREENCODE_JOB, SEGMENT_JOB  # noqa: F401 (re-exported)
-from rpsam2_backend.engine.predictor import Click
-from rpsam2_backend.engine.sam2_model import ImageFeatures
-from rpsam2_backend.errors import BadRequest
+from rpsam2_backend.core.contracts import (
+    LabelStudioAccess,
+    PreencodePayload,
+    PreencodeResult,
+    SegmentPayload,
+    SegmentResult,
+)
+from rpsam2_backend.core.errors import BadRequest
+from rpsam2_backend.engine.features import ImageFeatures
+from rpsam2_backend.engine.predictor import PixelClick
+from rpsam2_backend.jobs.runtime import Runtime, get_runtime
 from rpsam2_backend.labelstudio.brush import mask_to_rle_bytes
-from rpsam2_backend.runtime import Runtime, get_runtime
 
 
-def _job_features(payload: dict) -> tuple[Runtime, ImageFeatures, bool]:
+def _job_features(payload: SegmentPayload | PreencodePayload) -> tuple[Runtime, ImageFeatures, bool]:
     """The job's runtime (with any newly promoted version loaded) and its image's features."""
     rt = get_runtime()
     rt.refresh_versions()
@@ -27,7 +33,7 @@ def _job_features(payload: dict) -> tuple[Runtime, ImageFeatures, bool]:
     return rt, features, encoded
 
 
-def _features(rt: Runtime, url: str, label_studio: dict | None) -> tuple[ImageFeatures, bool]:
+def _features(rt: Runtime, url: str, label_studio: LabelStudioAccess | None) -> tuple[ImageFeatures, bool]:
     image, key = rt.load_image(url, label_studio)
     if image is None:
         cached = rt.cache.get(key)
@@ -37,21 +43,21 @@ def _features(rt: Runtime, url: str, label_studio: dict | None) -> tuple[ImageFe
     return rt.predictor.features(image.rgb, key)
 
 
-def _clicks(payload: dict, width: int, height: int) -> list[Click]:
+def _clicks(payload: SegmentPayload, width: int, height: int) -> list[PixelClick]:
     clicks = payload.get("clicks")
     if not isinstance(clicks, list) or not clicks:
         raise BadRequest("job payload has no clicks")
     try:
         # Label Studio percent -> continuous pixels of the image as it really is.
         return [
-            Click(float(c["x"]) / 100.0 * width, float(c["y"]) / 100.0 * height, bool(c.get("positive", True)))
+            PixelClick(float(c["x"]) / 100.0 * width, float(c["y"]) / 100.0 * height, bool(c.get("positive", True)))
             for c in clicks
         ]
     except (KeyError, TypeError, ValueError) as exc:
         raise BadRequest(f"malformed click in job payload: {exc}") from exc
 
 
-def segment_job(payload: dict) -> dict:
+def segment_job(payload: SegmentPayload) -> SegmentResult:
     """{"image_url", "clicks": [{"x": %, "y": %, "positive"}]} -> brush RLE of the mask (as bytes)."""
     started = time.perf_counter()
     rt, features, encoded = _job_features(payload)
@@ -78,7 +84,7 @@ def segment_job(payload: dict) -> dict:
     }
 
 
-def preencode_job(payload: dict) -> dict:
+def preencode_job(payload: PreencodePayload) -> PreencodeResult:
     """Encode a task's image ahead of the first click (Label Studio opened the task)."""
     _, features, encoded = _job_features(payload)
     return {"encoded": encoded, "height": features.orig_hw[0], "width": features.orig_hw[1]}

@@ -24,13 +24,9 @@ from rq.job_lifecycle import record_job_failure
 from rq.queue import Queue
 from rq.registry import StartedJobRegistry
 
-from rpsam2_backend.dispatch import SEGMENT_JOB
+from rpsam2_backend.core.names import PRESENCE_INDEX, PRESENCE_PREFIX, PRESENCE_TTL_BEATS, SEGMENT_JOB
 
 log = logging.getLogger(__name__)
-
-PRESENCE_PREFIX = "rpsam2:worker:"
-PRESENCE_INDEX = "rpsam2:workers"  # names that published; readers prune the dead ones
-TTL_BEATS = 5  # a worker is dead after missing this many heartbeats
 
 
 def presence_key(name: str) -> str:
@@ -45,7 +41,7 @@ def sticky_queue(click_queue: str, worker_name: str) -> str:
 def publish(conn: redis.Redis, doc: dict, interval: float) -> None:
     name = doc["name"]
     with conn.pipeline(transaction=False) as pipe:
-        ttl_ms = max(1000, int(interval * TTL_BEATS * 1000))
+        ttl_ms = max(1000, int(interval * PRESENCE_TTL_BEATS * 1000))
         pipe.set(presence_key(name), json.dumps(doc, default=str), px=ttl_ms)
         pipe.sadd(PRESENCE_INDEX, name)
         pipe.execute()

@@ -11,12 +11,15 @@ from functools import lru_cache
 
 from label_studio_ml.model import LabelStudioMLBase
 
-from rpsam2_backend.dispatch import PREENCODE_JOB, SEGMENT_JOB
-from rpsam2_backend.errors import BadRequest
+from rpsam2_backend.core.contracts import PreencodePayload, SegmentPayload, SegmentResult
+from rpsam2_backend.core.errors import BadRequest
+from rpsam2_backend.core.names import PREENCODE_JOB, SEGMENT_JOB
 from rpsam2_backend.labelstudio.clicks import ClickRequest, parse_context
 from rpsam2_backend.labelstudio.label_config import LabelConfig, parse_label_config
 from rpsam2_backend.labelstudio.rle_json import RLEBytes
-from rpsam2_backend.web_state import get_web_state
+from rpsam2_backend.labelstudio.tasks import image_url
+from rpsam2_backend.web.learning_hook import on_event
+from rpsam2_backend.web.state import get_web_state
 
 log = logging.getLogger(__name__)
 
@@ -27,21 +30,6 @@ TRAIN_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "START_TRAINING")
 @lru_cache(maxsize=64)
 def _config(xml: str) -> LabelConfig:
     return parse_label_config(xml)
-
-
-def image_url(task: dict, config: LabelConfig, to_name: str | None) -> str:
-    """The task's image URL for the Image object the click was made on."""
-    if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
-        raise BadRequest("task has no 'data' object")
-    images = config.images
-    if to_name:
-        images = [img for img in images if img.name == to_name] or images
-    for img in images:
-        key = img.value.lstrip("$")
-        if task["data"].get(key):
-            return str(task["data"][key])
-    keys = ", ".join(sorted(task["data"])) or "none"
-    raise BadRequest(f"task {task.get('id')} has no image for {to_name or 'the Image tag'} (data keys: {keys})")
 
 
 class RPSAM2Model(LabelStudioMLBase):
@@ -72,14 +60,14 @@ class RPSAM2Model(LabelStudioMLBase):
         config = self.config
         from_name, to_name = config.brush_for_label(request.label, request.to_name)
         url = image_url(task, config, request.to_name or to_name)
-        payload = {
+        payload: SegmentPayload = {
             "image_url": url,
             "clicks": [{"x": c.x, "y": c.y, "positive": c.positive} for c in request.clicks],
         }
         state = get_web_state()
         if state.label_studio:
             payload["label_studio"] = state.label_studio
-        result = state.dispatcher.call(SEGMENT_JOB, payload, routing_key=url)
+        result: SegmentResult = state.dispatcher.call(SEGMENT_JOB, payload, routing_key=url)
         state.saw_version(result.get("model_version"))
         log.info(
             "task %s: %d click(s) -> %s mask of %d px (score %.3f, refined %s, %s, %.3f s)",
@@ -111,11 +99,11 @@ class RPSAM2Model(LabelStudioMLBase):
                 url = image_url(task, self.config, None)
             except BadRequest:
                 continue
-            payload = {"image_url": url, **({"label_studio": state.label_studio} if state.label_studio else {})}
+            payload: PreencodePayload = {"image_url": url}
+            if state.label_studio:
+                payload["label_studio"] = state.label_studio
             state.dispatcher.submit(PREENCODE_JOB, payload, routing_key=url)
 
     def fit(self, tasks, workdir=None, **kwargs) -> dict:
         # Training never runs in the request: the learning loop counts and enqueues.
-        from rpsam2_backend.learning import on_event
-
         return on_event(kwargs.get("event"), kwargs.get("data") or {}, get_web_state())

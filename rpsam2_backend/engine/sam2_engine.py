@@ -12,85 +12,21 @@ because its transform resizes to a square without keeping the aspect ratio.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import threading
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rpsam2_backend.errors import ConfigError
+from rpsam2_backend.core.errors import ConfigError
+from rpsam2_backend.engine.build import load_sam2
+from rpsam2_backend.engine.features import ImageFeatures
 
 log = logging.getLogger(__name__)
 
 # Backbone feature map sizes for a 1024 input (what SAM2ImagePredictor hard-codes too).
 _FEAT_SIZES = [(256, 256), (128, 128), (64, 64)]
-
-
-@dataclass
-class ImageFeatures:
-    """Everything the decoder needs of one (or B) encoded image(s)."""
-
-    image_embed: torch.Tensor  # (B, 256, 64, 64), no_mem_embed already added
-    high_res_feats: list[torch.Tensor]  # [(B, 32, 256, 256), (B, 64, 128, 128)]
-    orig_hw: tuple[int, int]
-
-    @property
-    def nbytes(self) -> int:
-        tensors = [self.image_embed, *self.high_res_feats]
-        return sum(t.element_size() * t.numel() for t in tensors)
-
-    def to(self, device: str | torch.device) -> ImageFeatures:
-        return ImageFeatures(
-            self.image_embed.to(device), [t.to(device) for t in self.high_res_feats], self.orig_hw
-        )
-
-    def repeat(self, n: int) -> ImageFeatures:
-        """Repeat along the batch axis (to pair one image with n prompt sets without repeat_image)."""
-        return ImageFeatures(
-            self.image_embed.repeat_interleave(n, 0),
-            [t.repeat_interleave(n, 0) for t in self.high_res_feats],
-            self.orig_hw,
-        )
-
-    def state(self) -> dict:
-        """Plain tensors + size, for torch.save (disk cache) or pickling to another process."""
-        return {
-            "image_embed": self.image_embed.cpu(),
-            "high_res_feats": [t.cpu() for t in self.high_res_feats],
-            "orig_hw": tuple(self.orig_hw),
-        }
-
-    @classmethod
-    def from_state(cls, state: dict, device: str | torch.device = "cpu") -> ImageFeatures:
-        return cls(
-            state["image_embed"].to(device),
-            [t.to(device) for t in state["high_res_feats"]],
-            tuple(state["orig_hw"]),
-        )
-
-
-def _load_sam2(config: str, checkpoint: str | None, device: str) -> torch.nn.Module:
-    from sam2.build_sam import build_sam2
-
-    try:
-        model = build_sam2(config, ckpt_path=None, device="cpu")
-    except Exception as exc:  # hydra's errors are long; keep the cause, name the setting
-        raise ConfigError(f"cannot build SAM2 from RPSAM2_SAM2_CONFIG={config!r}: {exc}") from exc
-    if checkpoint is not None:
-        try:
-            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ConfigError(f"cannot read SAM2 checkpoint {checkpoint}: {exc}") from exc
-        state = state.get("model", state) if isinstance(state, dict) else state
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ConfigError(
-                f"SAM2 checkpoint {checkpoint} does not match config {config}: "
-                f"{len(missing)} missing keys (e.g. {missing[:3]}), "
-                f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"
-            )
-    return model.to(device).eval()
 
 
 class SAM2Engine:
@@ -114,6 +50,9 @@ class SAM2Engine:
         self.decode_chunk = 64 if self.device.type == "cuda" else 2
         for p in self.model.parameters():
             p.requires_grad_(False)
+        # The decoder this engine was built with (the released one), whatever SAM2-FT version gets
+        # swapped in later: what DecoderSwapper.load(None) restores.
+        self.base_decoder = {k: v.detach().clone() for k, v in model.sam_mask_decoder.state_dict().items()}
 
     @classmethod
     def build(cls, config: str, checkpoint: str | None, device: str = "cpu") -> SAM2Engine:
@@ -124,7 +63,7 @@ class SAM2Engine:
             )
         elif not Path(checkpoint).is_file():
             raise ConfigError(f"SAM2 checkpoint {checkpoint} does not exist")
-        model = _load_sam2(config, checkpoint, device)
+        model = load_sam2(config, checkpoint, device)
         log.info("SAM2 ready: config=%s checkpoint=%s device=%s", config, checkpoint, device)
         return cls(model, config, checkpoint, device)
 
@@ -243,36 +182,15 @@ class SAM2Engine:
         return masks.cpu().numpy(), iou[rows, best].float().cpu().numpy()
 
 
-DECODER_WEIGHTS_FILE = "mask_decoder.safetensors"
+_shared: dict[tuple[str, str | None, str], SAM2Engine] = {}
+_shared_lock = threading.Lock()
 
 
-class DecoderSwapper:
-    """Swaps SAM2's mask decoder weights between the released ones and a fine-tuned (SAM2-FT) version."""
-
-    def __init__(self, engine: SAM2Engine) -> None:
-        self.engine = engine
-        self._base = {k: v.detach().clone() for k, v in engine.model.sam_mask_decoder.state_dict().items()}
-
-    def load(self, directory: str | Path | None) -> None:
-        from safetensors.torch import load_file
-
-        decoder = self.engine.model.sam_mask_decoder
-        if directory is None:
-            decoder.load_state_dict(self._base)
-            return
-        weights = Path(directory) / DECODER_WEIGHTS_FILE
-        if not weights.is_file():
-            raise FileNotFoundError(f"{directory} is not a decoder checkpoint (no {DECODER_WEIGHTS_FILE})")
-        decoder.load_state_dict(load_file(str(weights), device=str(self.engine.device)))
-
-
-def save_decoder(decoder: torch.nn.Module, directory: str | Path) -> Path:
-    from safetensors.torch import save_file
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    save_file(
-        {k: v.detach().cpu().contiguous() for k, v in decoder.state_dict().items()},
-        str(directory / DECODER_WEIGHTS_FILE),
-    )
-    return directory
+def shared_engine(config: str, checkpoint: str | None, device: str) -> SAM2Engine:
+    """One frozen SAM2 per (config, checkpoint, device) and process: the click runtime and a
+    retrain running in the same training worker share it instead of loading SAM2 twice."""
+    key = (config, checkpoint, device)
+    with _shared_lock:
+        if key not in _shared:
+            _shared[key] = SAM2Engine.build(config, checkpoint, device)
+        return _shared[key]

@@ -14,26 +14,25 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import time
 from collections import Counter
+from typing import Any
 
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+from rq.job import Job
 from rq.queue import Queue
 from rq.registry import FailedJobRegistry
 from rq.results import Result
 
-from rpsam2_backend.errors import (
+from rpsam2_backend.core.errors import (
     BackendError,
-    ConfigError,
     JobTimeout,
     ServiceUnavailable,
     from_exception_text,
 )
-from rpsam2_backend.settings import Settings
-from rpsam2_backend.worker_presence import (
+from rpsam2_backend.core.names import CLICK_POLL_S, CLICK_QUEUE_GRACE_S, PREENCODE_TTL_S
+from rpsam2_backend.core.settings import Settings
+from rpsam2_backend.queue.connection import REDIS_ERRORS, connect, mask_url
+from rpsam2_backend.queue.presence import (
     abandoned_reason,
     fail_abandoned_job,
     is_alive,
@@ -44,62 +43,44 @@ from rpsam2_backend.worker_presence import (
 
 log = logging.getLogger(__name__)
 
-POLL_S = 0.5  # how often a waiting click checks that its worker is still alive
-SUBMIT_TTL_S = 60  # a pre-encode nobody ran within a minute is stale: the annotator moved on
-REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
-
-
-def connect(url: str, timeout: float) -> redis.Redis:
-    """A client that fails fast when Redis is down and reconnects by itself when it is back.
-
-    One retry without back-off replaces a pooled connection that died with a Redis restart;
-    more retries would only stretch the time a click waits for a 503."""
-    t = timeout if timeout > 0 else None
-    return redis.Redis.from_url(
-        url, socket_timeout=t, socket_connect_timeout=t, retry=Retry(NoBackoff(), 1), health_check_interval=30
-    )
-
-
-def mask_url(url: str) -> str:
-    """redis://user:secret@host/0 -> redis://***@host/0 (for messages and /health)."""
-    return re.sub(r"//[^@/]*@", "//***@", url)
-
 
 class RQDispatcher:
     def __init__(self, settings: Settings) -> None:
-        if settings.result_ttl < 1:
-            raise ConfigError("RPSAM2_RESULT_TTL must be >= 1 s: the web process reads each result once")
         self.settings = settings
-        self.where = mask_url(settings.redis_url)
-        self.redis = connect(settings.redis_url, settings.redis_timeout)
+        self.queue = settings.queue
+        self.where = mask_url(self.queue.redis_url)
+        self.redis = connect(self.queue.redis_url, self.queue.redis_timeout)
 
     # --- Dispatcher protocol ------------------------------------------------------------------
-    def call(self, job: str, payload: dict, routing_key: str | None = None) -> dict:
+    def call(self, job: str, payload: Any, routing_key: str | None = None) -> Any:
         try:
             return self._call(job, payload, routing_key)
         except REDIS_ERRORS as exc:
             raise self._redis_down(exc) from None
 
-    def submit(self, job: str, payload: dict, routing_key: str | None = None) -> None:
+    def submit(self, job: str, payload: Any, routing_key: str | None = None) -> None:
         try:
             queue, _, _ = self._route(routing_key)
             Queue(queue, connection=self.redis).enqueue(
                 job,
                 payload,
-                job_timeout=self.settings.job_timeout,
+                job_timeout=self.queue.job_timeout,
                 result_ttl=0,  # nobody reads it: the embedding cache is the result
-                failure_ttl=self.settings.failure_ttl,
-                ttl=SUBMIT_TTL_S,
+                failure_ttl=self.queue.failure_ttl,
+                ttl=PREENCODE_TTL_S,
             )
         except REDIS_ERRORS as exc:
             log.warning("%s not queued: %s", job.rpartition(".")[2], self._redis_down(exc).message)
 
-    def health(self) -> dict:
+    def warm(self) -> None:
+        """Nothing to load here: the workers hold SAM2."""
+
+    def health(self) -> dict[str, Any]:
         base = {"mode": "rq", "redis_url": self.where}
         try:
             self.redis.ping()
             workers = live_workers(self.redis)
-            names = {self.settings.click_queue, self.settings.train_queue}
+            names = {self.queue.click_queue, self.queue.train_queue}
             names.update(q for w in workers for q in w.get("queues", []))
             serving = Counter(q for w in workers for q in w.get("queues", []))
             queues = {
@@ -129,32 +110,33 @@ class RQDispatcher:
 
     def _route(self, routing_key: str | None) -> tuple[str, str | None, int]:
         """(queue, chosen worker or None, number of live click workers)."""
-        click = self.settings.click_queue
+        click = self.queue.click_queue
         workers = [w["name"] for w in live_workers(self.redis) if click in w.get("queues", [])]
         chosen = pick_worker(routing_key, workers) if routing_key else None
         return (sticky_queue(click, chosen) if chosen else click), chosen, len(workers)
 
-    def _enqueue(self, job: str, payload: dict, routing_key: str | None):
+    def _enqueue(self, job: str, payload: Any, routing_key: str | None) -> tuple[Job, str, str | None, int]:
         queue_name, chosen, live = self._route(routing_key)
         # One transaction: without a pipeline rq registers the queue in a round trip of its own.
         with self.redis.pipeline() as pipe:
             rq_job = Queue(queue_name, connection=self.redis).enqueue(
                 job,
                 payload,
-                job_timeout=self.settings.job_timeout,
-                result_ttl=self.settings.result_ttl,
-                failure_ttl=self.settings.failure_ttl,
+                job_timeout=self.queue.job_timeout,
+                result_ttl=self.queue.result_ttl,
+                failure_ttl=self.queue.failure_ttl,
                 # Safety net if this process dies while waiting: the job leaves the queue by itself.
-                ttl=math.ceil(self.settings.predict_timeout) + 5,
+                ttl=math.ceil(self.queue.predict_timeout) + CLICK_QUEUE_GRACE_S,
                 pipeline=pipe,
             )
             pipe.execute()
         return rq_job, queue_name, chosen, live
 
-    def _call(self, job: str, payload: dict, routing_key: str | None) -> dict:
-        deadline = time.monotonic() + self.settings.predict_timeout
+    def _call(self, job: str, payload: Any, routing_key: str | None) -> Any:
+        deadline = time.monotonic() + self.queue.predict_timeout
         rq_job, queue_name, chosen, live = self._enqueue(job, payload, routing_key)
-        poll = min(POLL_S, self.settings.redis_timeout / 2) if self.settings.redis_timeout > 0 else POLL_S
+        timeout = self.queue.redis_timeout
+        poll = min(CLICK_POLL_S, timeout / 2) if timeout > 0 else CLICK_POLL_S
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -171,7 +153,7 @@ class RQDispatcher:
                 log.info("worker %s is gone; click job %s moves to a live worker", chosen, rq_job.id)
                 rq_job, queue_name, chosen, live = self._enqueue(job, payload, routing_key)
 
-    def _outcome(self, rq_job, result: Result) -> dict:
+    def _outcome(self, rq_job: Job, result: Result) -> Any:
         if result.type == Result.Type.SUCCESSFUL:
             value = result.return_value
             if not isinstance(value, dict):
@@ -182,7 +164,7 @@ class RQDispatcher:
             last = text.strip().splitlines()[-1] if text.strip() else ""
             if "JobTimeoutException" in last:
                 err: BackendError = JobTimeout(
-                    f"the job ran longer than RPSAM2_JOB_TIMEOUT={self.settings.job_timeout} s on worker "
+                    f"the job ran longer than RPSAM2_JOB_TIMEOUT={self.queue.job_timeout} s on worker "
                     f"{result.worker_name} and was stopped"
                 )
             else:
@@ -191,7 +173,7 @@ class RQDispatcher:
             raise err
         raise BackendError(f"job {rq_job.id} ended as {Result.Type(result.type).name.lower()}")
 
-    def _check_worker(self, rq_job, queue_name: str, chosen: str | None) -> bool:
+    def _check_worker(self, rq_job: Job, queue_name: str, chosen: str | None) -> bool:
         """Raise when the job's worker died with it; True when the job must move to another queue."""
         status, worker = self.redis.hmget(rq_job.key, "status", "worker_name")
         if status is None:
@@ -210,8 +192,8 @@ class RQDispatcher:
                 return True
         return False
 
-    def _give_up(self, rq_job, queue_name: str, live: int) -> dict:
-        timeout = self.settings.predict_timeout
+    def _give_up(self, rq_job: Job, queue_name: str, live: int) -> Any:
+        timeout = self.queue.predict_timeout
         result = rq_job.latest_result()  # it may have landed just now
         if result is not None:
             return self._outcome(rq_job, result)
@@ -227,7 +209,7 @@ class RQDispatcher:
         rq_job.delete(remove_from_queue=True)
         if live == 0:
             raise ServiceUnavailable(
-                f"no rpsam2-worker is serving queue '{self.settings.click_queue}' on {self.where} "
+                f"no rpsam2-worker is serving queue '{self.queue.click_queue}' on {self.where} "
                 f"(start one with `rpsam2-worker`); the click waited {timeout:g} s"
             )
         raise JobTimeout(

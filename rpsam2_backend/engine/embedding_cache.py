@@ -1,15 +1,28 @@
 """Image-embedding cache: the whole interactive-latency story (encode ~1 s GPU / 3-17 s CPU,
-decode ~10-100 ms).  LRU bounded in bytes, keyed by the image's content hash so that two URLs of
-the same bytes share one entry.  Thread-safe: the inline server and the worker serve concurrent
-requests."""
+decode ~10-100 ms).  LRU bounded in bytes, keyed by ``image_key``: the hash of the decoded pixels,
+so two URLs (or two encodings) of the same picture share one entry, and the backend and the
+trainer's disk-backed feature cache use the same key.  Thread-safe: the inline server and the
+worker serve concurrent requests."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
-from rpsam2_backend.engine.sam2_model import ImageFeatures
+import numpy as np
+
+from rpsam2_backend.core.contracts import CacheStats
+from rpsam2_backend.engine.features import ImageFeatures
+
+
+def image_key(image: np.ndarray) -> str:
+    """sha256 of an image's pixels (shape and dtype included, so a transposed copy differs)."""
+    image = np.ascontiguousarray(image)
+    digest = hashlib.sha256(f"{image.shape}|{image.dtype}|".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()
 
 
 class EmbeddingCache:
@@ -82,7 +95,7 @@ class EmbeddingCache:
             self._items.clear()
             self.bytes = 0
 
-    def stats(self) -> dict:
+    def stats(self) -> CacheStats:
         with self._lock:
             return {
                 "entries": len(self._items),

@@ -1,9 +1,9 @@
-"""Prometheus metrics of the web process (/metrics) and the stats a runtime reports about itself.
+"""Prometheus metrics of the web process (/metrics).
 
 Click latency and job failures are measured where the web process sees them (a wrapper around
 the dispatcher).  Cache hits/misses, encoder runs and queue lengths live in the workers and in
 Redis: they are read at scrape time from the dispatcher's health(), i.e. from the presence
-documents every worker refreshes each RPSAM2_WORKER_HEARTBEAT seconds (see worker_presence).
+documents every worker refreshes each RPSAM2_WORKER_HEARTBEAT seconds (see queue/presence.py).
 A dead worker's counters disappear with its presence key; Prometheus treats that as a reset.
 """
 
@@ -16,24 +16,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from rpsam2_backend.errors import BackendError
+from rpsam2_backend.core.errors import BackendError
 
 CLICK_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
-
-
-def runtime_stats(rt) -> dict:
-    """What a process holding SAM2 says about itself (worker presence, inline /health)."""
-    engine = rt.engine
-    return {
-        "device": str(engine.device),
-        "config": engine.config,
-        "checkpoint": engine.checkpoint or "RANDOM WEIGHTS",
-        "version": rt.predictor.version,
-        "shift_version": rt.predictor.shift_version,
-        "decoder_version": rt.predictor.decoder_version,
-        "encodes": engine.encode_count,
-        "cache": rt.cache.stats(),
-    }
 
 
 class _ScrapeCollector:

@@ -1,9 +1,12 @@
-"""`rpsam2-worker` (or `python -m rpsam2_backend.worker`): the warm GPU worker behind RQ.
+"""`rpsam2-worker` (or `python -m rpsam2_backend.queue.worker`): the warm GPU worker behind RQ.
 
 Loads SAM2, the shift block and the embedding cache once, then runs jobs **in this process**
 (an rq ``SimpleWorker``): rq's default ``Worker`` forks a child per job, which either reloads
 the model or breaks CUDA ("Cannot re-initialize CUDA in forked subprocess"), and here it even
-hangs once the parent has run a torch op (DESIGN §3).
+hangs once the parent has run a torch op (seen with rq 3.0 on this project's CI machine).
+
+This module imports no torch: it resolves the job layer's runtime by dotted name
+(``core.names.LOAD_WORKER_RUNTIME``), like every job.
 
 Queues, in priority order: the worker's own sticky queue ``<click queue>@<name>`` (clicks on
 images whose embeddings it holds), the shared click queue, then any others; the training queue
@@ -23,15 +26,23 @@ import socket
 import sys
 import threading
 import time
+from typing import Any
 
 import redis
 from rq.job import JobStatus
 from rq.worker import SimpleWorker
 
-from rpsam2_backend.errors import ConfigError
-from rpsam2_backend.settings import Settings
-from rpsam2_backend.worker_presence import (
-    TTL_BEATS,
+from rpsam2_backend.core.contracts import RuntimeStats
+from rpsam2_backend.core.errors import ConfigError
+from rpsam2_backend.core.names import (
+    LOAD_WORKER_RUNTIME,
+    PRESENCE_TTL_BEATS,
+    RQ_WORKER_TTL,
+    WORKER_RUNTIME_STATS,
+)
+from rpsam2_backend.core.settings import Settings
+from rpsam2_backend.queue.dispatch import resolve_job
+from rpsam2_backend.queue.presence import (
     is_alive,
     publish,
     reap_abandoned,
@@ -41,17 +52,15 @@ from rpsam2_backend.worker_presence import (
 
 log = logging.getLogger("rpsam2_backend.worker")
 
-RQ_WORKER_TTL = 60  # rq's own registration; liveness for routing comes from presence keys
-
 
 def queue_names(spec: str, settings: Settings, name: str) -> list[str]:
-    aliases = {"click": settings.click_queue, "train": settings.train_queue}
+    aliases = {"click": settings.queue.click_queue, "train": settings.queue.train_queue}
     asked = [aliases.get(part.strip(), part.strip()) for part in spec.split(",") if part.strip()]
     if not asked:
         raise ConfigError(f"no queue to serve in --queues / RPSAM2_WORKER_QUEUES={spec!r} (use click,train)")
-    ordered = [sticky_queue(settings.click_queue, name)] if settings.click_queue in asked else []
-    ordered += [q for q in asked if q != settings.train_queue]
-    ordered += [settings.train_queue] if settings.train_queue in asked else []
+    ordered = [sticky_queue(settings.queue.click_queue, name)] if settings.queue.click_queue in asked else []
+    ordered += [q for q in asked if q != settings.queue.train_queue]
+    ordered += [settings.queue.train_queue] if settings.queue.train_queue in asked else []
     return list(dict.fromkeys(ordered))
 
 
@@ -140,17 +149,9 @@ class Presence(threading.Thread):
             pass  # the key expires by itself
 
 
-def load_runtime(settings: Settings):
-    """Build SAM2 + shift block + cache once; ConfigError when the checkpoint is missing."""
-    if settings.allow_random_weights and settings.resolved_checkpoint() is None:
-        import torch
-
-        # Random weights only in tests and smoke runs: seed them so that every worker computes
-        # the same masks, whichever worker a click lands on.
-        torch.manual_seed(0)
-    from rpsam2_backend.runtime import get_runtime
-
-    return get_runtime(settings)
+def load_runtime(settings: Settings) -> Any:
+    """Build SAM2 + shift block + cache once (in the job layer); ConfigError when the checkpoint is missing."""
+    return resolve_job(LOAD_WORKER_RUNTIME)(settings)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -174,12 +175,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         settings = Settings.from_env()
-        if not settings.redis_url:
+        if not settings.queue.redis_url:
             raise ConfigError("REDIS_URL is not set: a worker takes its jobs from Redis")
         name = args.name or default_name()
         if not re.fullmatch(r"[A-Za-z0-9_.:-]+", name):
             raise ConfigError(f"--name {name!r}: use letters, digits and _ . : - only")
-        queues = queue_names(args.queues or settings.worker_queues, settings, name)
+        queues = queue_names(args.queues or settings.queue.worker_queues, settings, name)
         runtime = load_runtime(settings)
     except ConfigError as exc:
         print(f"rpsam2-worker: cannot start: {exc.message}", file=sys.stderr)
@@ -191,14 +192,12 @@ def main(argv: list[str] | None = None) -> None:
         stats["shift_version"] or "none (plain SAM2)", stats["decoder_version"] or "SAM2's own",
         stats["version"], ",".join(queues),
     )
-    scheduler = settings.train_queue in queues if args.scheduler is None else args.scheduler
+    scheduler = settings.queue.train_queue in queues if args.scheduler is None else args.scheduler
     sys.exit(serve(settings, name, queues, runtime, args.burst, args.log_level.upper(), scheduler))
 
 
-def runtime_summary(runtime) -> dict:
-    from rpsam2_backend.metrics import runtime_stats
-
-    return runtime_stats(runtime)
+def runtime_summary(runtime: Any) -> RuntimeStats:
+    return resolve_job(WORKER_RUNTIME_STATS)(runtime)
 
 
 def serve(
@@ -217,7 +216,7 @@ def serve(
 
     rq's loop quits when Redis fails at the wrong moment; a GPU worker keeps its model and starts
     a fresh loop once Redis is back instead of dying (and reloading SAM2 under a supervisor)."""
-    conn = redis.Redis.from_url(settings.redis_url)
+    conn = redis.Redis.from_url(settings.queue.redis_url)
     counts = {"ok": 0, "failed": 0}
     started = time.time()
     worker: RPSAM2Worker | None = None
@@ -238,9 +237,9 @@ def serve(
         }
 
     # Reap abandoned jobs about when a dead worker's presence key has expired.
-    maintenance_every = max(5, int(TTL_BEATS * settings.worker_heartbeat))
+    maintenance_every = max(5, int(PRESENCE_TTL_BEATS * settings.queue.worker_heartbeat))
     stopping = threading.Event()
-    presence = Presence(settings.redis_url, settings.worker_heartbeat, describe)
+    presence = Presence(settings.queue.redis_url, settings.queue.worker_heartbeat, describe)
     first, backoff = True, 1.0
     try:
         while not stopping.is_set():
@@ -251,11 +250,11 @@ def serve(
                     return 1
                 first = False
                 worker = RPSAM2Worker(  # talks to Redis already (CLIENT SETNAME)
-                    queues, name=name, connection=conn, default_result_ttl=settings.result_ttl,
+                    queues, name=name, connection=conn, default_result_ttl=settings.queue.result_ttl,
                     worker_ttl=RQ_WORKER_TTL, maintenance_interval=maintenance_every,
                     log_job_description=False,  # job arguments hold image URLs, maybe signed ones
                 )
-                worker.click_queue, worker.counts = settings.click_queue, counts
+                worker.click_queue, worker.counts = settings.queue.click_queue, counts
                 worker.idle_wakeup = maintenance_every
                 # A worker of this name that crashed left rq's registration behind; it is dead
                 # (no presence key), so this one takes the name over.

@@ -6,30 +6,27 @@ No torch here: with REDIS_URL set the web process only parses JSON and waits on 
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
-from rpsam2_backend.dispatch import Dispatcher, make_dispatcher
-from rpsam2_backend.engine.checkpoint_store import CheckpointStore
-from rpsam2_backend.settings import Settings, get_settings
+from rpsam2_backend.core.contracts import LabelStudioAccess
+from rpsam2_backend.core.names import live_version, version_string
+from rpsam2_backend.core.settings import Settings, get_settings
+from rpsam2_backend.queue.dispatch import Dispatcher, make_dispatcher
 
 
 def _expected_version(settings: Settings) -> str:
     """The version the workers will report, read from settings and MODEL_DIR without loading models."""
-    from pathlib import Path
-
-    from rpsam2_backend.engine.predictor import version_string
+    model = settings.model
 
     def name(pinned: str, kind: str) -> str:
-        return Path(pinned).name if pinned else (CheckpointStore(settings.model_dir, kind).live() or "")
+        return Path(pinned).name if pinned else (live_version(model.model_dir, kind) or "")
 
     try:
         random = settings.resolved_checkpoint() is None
     except Exception:  # the checkpoint may live on the worker machines only
         random = False
     return version_string(
-        settings.sam2_config,
-        name(settings.shift_checkpoint, "shift"),
-        name(settings.decoder_checkpoint, "decoder"),
-        random,
+        model.sam2_config, name(model.shift_checkpoint, "shift"), name(model.decoder_checkpoint, "decoder"), random
     )
 
 
@@ -39,17 +36,17 @@ class WebState:
         self.dispatcher = dispatcher or make_dispatcher(settings)
         self._lock = threading.Lock()
         self._model_version = _expected_version(settings)
-        self._label_studio: dict | None = None
+        self._label_studio: LabelStudioAccess | None = None
 
     def saw_setup(self, hostname: str | None, access_token: str | None) -> None:
         """Label Studio's /setup names its host and a token for its media; used only when
         LABEL_STUDIO_URL is not configured here (then they travel with each job)."""
-        if hostname and not self.settings.label_studio_url:
+        if hostname and not self.settings.label_studio.url:
             with self._lock:
                 self._label_studio = {"url": hostname, "token": access_token or ""}
 
     @property
-    def label_studio(self) -> dict | None:
+    def label_studio(self) -> LabelStudioAccess | None:
         with self._lock:
             return self._label_studio
 

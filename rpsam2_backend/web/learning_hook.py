@@ -1,0 +1,144 @@
+"""Web-side hook of the learning loop: count new labels per project, trigger a retrain.
+
+``fit`` (Label Studio webhooks) lands here and returns at once; training never runs in the request.
+
+Triggers, per Label Studio project:
+- ``ANNOTATION_CREATED`` / ``ANNOTATION_UPDATED`` of a usable annotation (not cancelled, not
+  rejected in review, with a brush mask or a keypoint) adds one to the project's counter; when it
+  reaches ``RPSAM2_RETRAIN_EVERY`` (0 = never) a retrain is triggered and the counter restarts.
+- ``START_TRAINING`` (the "Start training" button) triggers at once.
+- Periodic retrains (``RPSAM2_RETRAIN_INTERVAL``) are scheduled by each retrain itself
+  (``queue.retrain``).
+
+How a retrain runs (training queue with a fixed job id, or a thread without Redis) is
+``queue.retrain.trigger_retrain``.  Counters live in Redis (``rpsam2:retrain:count:<project>``),
+or without Redis in ``MODEL_DIR/retrain_counts.json``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rpsam2_backend.core.names import RETRAIN_COUNT_KEY, RETRAIN_COUNTS_FILE
+from rpsam2_backend.core.settings import Settings
+from rpsam2_backend.queue.connection import connect
+from rpsam2_backend.queue.retrain import trigger_retrain
+from rpsam2_backend.web.state import WebState
+
+log = logging.getLogger(__name__)
+
+COUNTED_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
+START_EVENT = "START_TRAINING"
+
+
+# ------------------------------------------------------------------------------ webhook payloads
+
+
+def project_of(data: dict[str, Any]) -> str | None:
+    """The Label Studio project id of a webhook body, as a string (None when absent)."""
+    project = data.get("project")
+    if isinstance(project, dict):
+        project = project.get("id")
+    if project is None and isinstance(data.get("annotation"), dict):
+        project = data["annotation"].get("project")
+    if project is None and isinstance(data.get("task"), dict):
+        project = data["task"].get("project")
+    if isinstance(project, bool) or project in (None, ""):
+        return None
+    if isinstance(project, str) and "." in project:  # /setup's "<id>.<timestamp>" form
+        project = project.split(".", 1)[0]
+    return str(project)
+
+
+def review_rejected(annotation: dict[str, Any]) -> bool:
+    """True when review data says the annotation was rejected (Label Studio Enterprise fields)."""
+    if annotation.get("review_result") in ("rejected", False):
+        return True
+    reviews = annotation.get("reviews") or []
+    if reviews and isinstance(reviews[-1], dict) and reviews[-1].get("accepted") is False:
+        return True
+    return annotation.get("last_action") == "rejected"
+
+
+def counts_as_label(annotation: dict[str, Any] | None) -> bool:
+    """A usable new label: not cancelled (skipped), not rejected, with a brush mask or a keypoint."""
+    if not isinstance(annotation, dict) or annotation.get("was_cancelled") or review_rejected(annotation):
+        return False
+    types = {item.get("type") for item in annotation.get("result") or [] if isinstance(item, dict)}
+    return bool(types & {"brushlabels", "keypointlabels"})
+
+
+# ------------------------------------------------------------------------------ the hook
+
+
+def on_event(event: str | None, data: dict[str, Any], state: WebState) -> dict[str, Any]:
+    """Count or trigger; returns what happened (Label Studio records {"job": id} for START_TRAINING)."""
+    settings = state.settings
+    data = data if isinstance(data, dict) else {}
+    project = project_of(data)
+    if event not in (*COUNTED_EVENTS, START_EVENT) or project is None:
+        return {"event": event, "enqueued": False, "reason": "not a training event" if project else "no project"}
+    label_studio = None if settings.label_studio.url else state.label_studio
+    if event == START_EVENT:
+        return {"event": event, **trigger_retrain(settings, project, "START_TRAINING", label_studio)}
+    if not counts_as_label(data.get("annotation")):
+        return {"event": event, "enqueued": False, "reason": "annotation is not a usable label"}
+    count = _counter(settings).increment(project)
+    out = {"event": event, "project": project, "new_labels": count}
+    if settings.learning.retrain_every <= 0 or count < settings.learning.retrain_every:
+        return {**out, "enqueued": False, "reason": f"{count}/{settings.learning.retrain_every or '-'} new labels"}
+    result = trigger_retrain(settings, project, f"{count} new labels", label_studio)
+    if result["enqueued"]:
+        _counter(settings).reset(project)
+    return {**out, **result}
+
+
+# ------------------------------------------------------------------------------ counters
+
+
+class _RedisCounter:
+    def __init__(self, settings: Settings) -> None:
+        self.conn = connect(settings.queue.redis_url, settings.queue.redis_timeout)
+
+    def increment(self, project: str) -> int:
+        return int(self.conn.incr(RETRAIN_COUNT_KEY.format(project=project)))
+
+    def reset(self, project: str) -> None:
+        self.conn.set(RETRAIN_COUNT_KEY.format(project=project), 0)
+
+
+class _FileCounter:
+    """Counts in MODEL_DIR/retrain_counts.json under an flock (web workers may be several processes)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.path = Path(settings.model.model_dir) / RETRAIN_COUNTS_FILE
+
+    def _update(self, project: str, change: Callable[[int], int]) -> int:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                counts = json.loads(self.path.read_text()) if self.path.is_file() else {}
+            except ValueError:
+                counts = {}
+            counts[project] = change(int(counts.get(project, 0)))
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(counts))
+            os.replace(tmp, self.path)
+            return counts[project]
+
+    def increment(self, project: str) -> int:
+        return self._update(project, lambda n: n + 1)
+
+    def reset(self, project: str) -> None:
+        self._update(project, lambda n: 0)
+
+
+def _counter(settings: Settings) -> _RedisCounter | _FileCounter:
+    return _FileCounter(settings) if settings.inline else _RedisCounter(settings)
