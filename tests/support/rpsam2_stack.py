@@ -20,7 +20,8 @@ from pathlib import Path
 
 import requests
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.support.paths import REPO_ROOT
+
 VENV_BIN = Path(sys.executable).parent
 TINY_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
 _PR_SET_PDEATHSIG = 1

@@ -21,11 +21,11 @@ from PIL import Image
 
 from rpsam2_backend.labelstudio.brush import rle_to_mask
 from tests.support.labelstudio_server import LS_TOKEN, LabelStudioServer, free_loopback_port, start_label_studio
+from tests.support.paths import REPO_ROOT
 from tests.support.rpsam2_stack import Stack, start_stack
 
-pytestmark = [pytest.mark.browser, pytest.mark.labelstudio, pytest.mark.slow, pytest.mark.redis]
+pytestmark = pytest.mark.slow
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -15,8 +15,9 @@ import requests
 
 from rpsam2_backend.labelstudio.brush import rle_to_mask
 from tests.conftest import TINY_CONFIG, save_png
+from tests.support.paths import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 BIN = Path(sys.executable).parent
 
 

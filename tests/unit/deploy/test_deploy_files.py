@@ -1,7 +1,7 @@
 """The deployment files agree with the code: compose services, GPU reservation, settings, scripts.
 
 Docker cannot run here, so docker-compose.yml is checked as data (PyYAML); deploy/stack.sh, the
-Docker-free twin of the compose stack, is started for real in the slow test at the end.
+Docker-free twin of the compose stack, is started for real in tests/integration/rq/test_stack_script.py.
 """
 
 from __future__ import annotations
@@ -9,21 +9,17 @@ from __future__ import annotations
 import configparser
 import os
 import re
-import shlex
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
-import pytest
-import requests
 import yaml
 
 from rpsam2_backend.core.settings import Settings
-from tests.support.rpsam2_stack import backend_env, free_port
+from tests.support.paths import REPO_ROOT
+from tests.support.rpsam2_stack import free_port
 
-REPO = Path(__file__).resolve().parents[1]
-DEPLOY = REPO / "deploy"
+DEPLOY = REPO_ROOT / "deploy"
 SETTINGS_ENV = list(Settings.env_names())
 
 
@@ -38,7 +34,7 @@ def _env_example_names() -> set[str]:
 
 
 def _readme_config_names() -> set[str]:
-    text = (REPO / "README.md").read_text()
+    text = (REPO_ROOT / "README.md").read_text()
     section = text.split("## Configuration", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith("|")]
     return {name for row in rows for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", row.split("|")[1])}
@@ -46,7 +42,7 @@ def _readme_config_names() -> set[str]:
 
 def _console_scripts() -> set[str]:
     cfg = configparser.ConfigParser()
-    cfg.read(REPO / "setup.cfg")
+    cfg.read(REPO_ROOT / "setup.cfg")
     entries = cfg["options.entry_points"]["console_scripts"]
     return {line.split("=")[0].strip() for line in entries.strip().splitlines()}
 
@@ -134,7 +130,7 @@ def test_dockerfile_installs_with_make_venv_and_bakes_no_checkpoints_by_default(
     assert re.search(r"^FROM \$\{BASE_IMAGE\}", text, re.MULTILINE)
     assert re.search(r"ARG BASE_IMAGE=nvidia/cuda:\S*cudnn", text)
     # The Makefile's venv recipe builds sam2 without its CUDA extension; the Dockerfile documents it.
-    assert "SAM2_BUILD_CUDA=0" in (REPO / "Makefile").read_text() and "SAM2_BUILD_CUDA=0" in text
+    assert "SAM2_BUILD_CUDA=0" in (REPO_ROOT / "Makefile").read_text() and "SAM2_BUILD_CUDA=0" in text
     cmd = re.search(r"^CMD (.*)$", text, re.MULTILINE).group(1)
     assert cmd.startswith('["label-studio-ml", "start", "rpsam2_backend"')
 
@@ -160,42 +156,3 @@ def test_healthcheck_script_reports_an_unreachable_url_as_unhealthy() -> None:
         capture_output=True, timeout=30,
     )
     assert proc.returncode == 1
-
-
-@pytest.mark.slow
-@pytest.mark.redis
-def test_stack_script_starts_serves_and_stops(tmp_path: Path) -> None:
-    port, redis_port = free_port(), free_port()
-    env = backend_env(
-        RUN_DIR=str(tmp_path / "run"), PORT=str(port), REDIS_PORT=str(redis_port), HOST="127.0.0.1",
-        ENV_FILE=str(tmp_path / "none.env"), VENV=str(Path(sys.executable).parent.parent),
-    )
-    stack = [str(DEPLOY / "stack.sh")]
-
-    def run(action: str, timeout: float = 400) -> subprocess.CompletedProcess:
-        return subprocess.run(stack + [action], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-
-    def logs() -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text()[-1500:]}" for p in sorted((tmp_path / "run").glob("*.log")))
-
-    pids: list[int] = []
-    try:
-        started = run("start")
-        assert started.returncode == 0, started.stdout + started.stderr + logs()
-        pids = [int(p.read_text()) for p in sorted((tmp_path / "run").glob("*.pid"))]
-        assert len(pids) == 4, sorted(p.name for p in (tmp_path / "run").iterdir())
-        health = requests.get(f"http://127.0.0.1:{port}/health", timeout=10).json()
-        assert health["redis"] == "up"
-        queues = sorted(q for w in health["dispatch"]["workers"] for q in w["queues"])
-        assert "rpsam2-click" in queues and "rpsam2-train" in queues, health
-        status = run("status", timeout=60)
-        assert status.returncode == 0 and "health: ready" in status.stdout, status.stdout
-    finally:
-        stopped = run("stop", timeout=120)
-    assert stopped.returncode == 0, stopped.stderr
-    assert not list((tmp_path / "run").glob("*.pid"))
-    for pid in pids:  # every process group is gone, children of label-studio-ml included
-        assert subprocess.run(["pgrep", "-g", str(pid)], capture_output=True).returncode == 1, shlex.join(
-            ["pgrep", "-g", str(pid)]
-        )
-    assert run("status", timeout=60).returncode == 3

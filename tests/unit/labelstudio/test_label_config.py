@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from label_studio_sdk.label_interface import LabelInterface
 
 from rpsam2_backend.core.errors import BadRequest
 from rpsam2_backend.labelstudio.label_config import parse_label_config
+from tests.support.paths import REPO_ROOT
 
-SHIPPED = Path(__file__).resolve().parents[1] / "deploy" / "label_config.xml"
+SHIPPED = REPO_ROOT / "deploy" / "label_config.xml"
 
 # Cataract-1k's 10 instrument classes, as the paper lists them.
 PAPER_CLASSES = [

@@ -18,11 +18,11 @@ from PIL import Image
 
 from rpsam2_backend.labelstudio.brush import rle_to_mask
 from tests.support.labelstudio_server import LabelStudioServer, start_label_studio
+from tests.support.paths import REPO_ROOT
 from tests.support.rpsam2_stack import Stack, backend_health, start_stack
 
-pytestmark = [pytest.mark.labelstudio, pytest.mark.slow, pytest.mark.redis]
+pytestmark = pytest.mark.slow
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 LABEL_CONFIG = (REPO_ROOT / "deploy" / "label_config.xml").read_text()
 LABEL = "Spatula"
 

