@@ -26,7 +26,7 @@ from trainer.candidates import GridSpec
 from trainer.datasets import load_dataset
 from trainer.eval_heatmaps import fill_from_grid
 from trainer.eval_report import read_scores_csv
-from trainer.evaluate import MethodSpec, evaluate, object_key, select_heatmaps, table_specs
+from trainer.evaluate import EvalConfig, MethodSpec, evaluate, object_key, select_heatmaps, table_specs
 from trainer.metrics import EMPTY_HD95_POLICY
 from trainer.protocol import AVG_ROW, WEIGHTED_AVG_ROW, ObjectScore, aggregate, points_for_protocol
 
@@ -105,10 +105,9 @@ def run(sam2_engine, data_root, tmp_path_factory):
     }
     dataset = load_dataset(data_root, "folder", "test")
     encodes = sam2_engine.encode_count
-    result = evaluate(
-        dataset, sam2_engine, methods, seeds=SEEDS, mode="both", out_dir=out, table2_points=(2,),
-        heatmaps=1, heatmap_grid=GridSpec(target_points=6, min_points=4), batch_size=64, progress=False,
-    )
+    config = EvalConfig(seeds=SEEDS, mode="both", table2_points=(2,), heatmaps=1,
+                        heatmap_grid=GridSpec(target_points=6, min_points=4), batch_size=64, progress=False)
+    result = evaluate(dataset, sam2_engine, methods, config, out)
     after = sam2_engine.model.sam_mask_decoder.state_dict()
     return {
         "result": result,

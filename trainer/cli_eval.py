@@ -151,7 +151,7 @@ def _method_specs(names: Sequence[str], args: argparse.Namespace, device) -> dic
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from rpsam2_backend.errors import ConfigError
     from trainer.candidates import GridSpec
-    from trainer.evaluate import evaluate, select_heatmaps
+    from trainer.evaluate import EvalConfig, evaluate, select_heatmaps
 
     for flag in ("seeds", "points", "batch_size", "heatmap_points"):
         if getattr(args, flag) < 1:
@@ -180,12 +180,12 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         "split": split or "all",
         "command": " ".join(shlex.quote(a) for a in [PROG, *argv]),
     }
-    result = evaluate(
-        dataset, engine, specs, seeds=args.seeds, n_points=args.points,
-        mode="both" if args.table2 else "table1", out_dir=args.out, table2_points=args.table2_points,
-        heatmaps=heatmaps, heatmap_grid=GridSpec(target_points=args.heatmap_points), test=TESTS[args.test],
-        batch_size=args.batch_size, feature_cache=cache, info=info, progress=not args.no_progress,
+    config = EvalConfig(
+        seeds=args.seeds, n_points=args.points, mode="both" if args.table2 else "table1",
+        table2_points=args.table2_points, heatmaps=heatmaps, heatmap_grid=GridSpec(target_points=args.heatmap_points),
+        test=TESTS[args.test], batch_size=args.batch_size, progress=not args.no_progress,
     )
+    result = evaluate(dataset, engine, specs, config, args.out, feature_cache=cache, info=info)
     print(f"report: {result.report_path}\nscores: {result.scores_path}\nsummary: {result.summary_path}")
     if result.heatmaps:
         print(f"heatmaps: {len(result.heatmaps)} PNG in {result.out_dir / 'heatmaps'}")

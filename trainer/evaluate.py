@@ -38,6 +38,7 @@ from rpsam2_backend.engine.sam2_model import DecoderSwapper, ImageFeatures, SAM2
 from rpsam2_backend.engine.shift_block import ShiftBlock
 from trainer.candidates import GridSpec
 from trainer.datasets.base import Dataset
+from trainer.feature_cache import FeatureCache
 from trainer.metrics import dice, hd95
 from trainer.protocol import WILCOXON, ObjectScore, Table, aggregate, pair_scores, paired_test, points_for_protocol
 
@@ -234,6 +235,46 @@ def table_specs(mode: str, n_points: int = 1, table2_points: Sequence[int] = TAB
     return specs
 
 
+@dataclass(frozen=True)
+class EvalConfig:
+    """What one evaluation computes and how; the defaults are the paper's Table 1 protocol (§3.3).
+
+    Invalid seeds, modes or point counts raise ValueError here, before any image is encoded.
+    """
+
+    seeds: int | Sequence[int] = 10  # a count (seeds 0..N-1) or explicit seeds
+    n_points: int = 1  # random positive points per object in Table 1
+    mode: str = "table1"  # "table1", "table2" or "both" (one pass, one encode per image)
+    table2_points: Sequence[int] = TABLE2_POINTS  # point counts of Table 2 (no shift vs shift first)
+    heatmaps: int | Sequence[str] = 0  # the first N objects, or object keys / sample ids (``select_heatmaps``)
+    heatmap_grid: GridSpec | None = None  # grid of the heatmaps; None: about 256 points per object
+    test: str = WILCOXON  # paired test of each method vs the baseline
+    batch_size: int = 64  # prompts per decoder call
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        seeds = list(range(self.seeds)) if isinstance(self.seeds, int) else [int(s) for s in self.seeds]
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise ValueError(f"need at least one seed and no duplicates, got {self.seeds!r}")
+        # Lists become tuples: a frozen config should not change through a list the caller still holds.
+        if not isinstance(self.seeds, int):
+            object.__setattr__(self, "seeds", tuple(seeds))
+        if not isinstance(self.heatmaps, int):
+            object.__setattr__(self, "heatmaps", tuple(self.heatmaps))
+        object.__setattr__(self, "table2_points", tuple(self.table2_points))
+        self.table_specs()  # raises on an unknown mode or a point count < 1
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+    def table_specs(self) -> list[TableSpec]:
+        return table_specs(self.mode, self.n_points, self.table2_points)
+
+    def grid(self) -> GridSpec:
+        return self.heatmap_grid or GridSpec(target_points=256)
+
+
 def select_heatmaps(dataset: Dataset, heatmaps: int | Sequence[str]) -> set[str]:
     """``heatmaps``: the first N objects in dataset order, or object keys / sample ids."""
     if isinstance(heatmaps, int):
@@ -265,7 +306,7 @@ def _progress(total: int, enabled: bool, desc: str) -> Iterator[Any]:
         bar.close()
 
 
-def _features_getter(engine: SAM2Engine, feature_cache: Any | None):
+def _features_getter(engine: SAM2Engine, feature_cache: FeatureCache | None):
     if feature_cache is None:
         return engine.encode
     return feature_cache.get
@@ -288,44 +329,33 @@ def evaluate(
     dataset: Dataset,
     engine: SAM2Engine,
     methods: Mapping[str, MethodSpec],
-    seeds: int | Sequence[int] = 10,
-    n_points: int = 1,
-    mode: str = "table1",
+    config: EvalConfig | None = None,
     out_dir: str | Path = "eval",
     *,
-    table2_points: Sequence[int] = TABLE2_POINTS,
-    heatmaps: int | Sequence[str] = 0,
-    heatmap_grid: GridSpec | None = None,
-    test: str = WILCOXON,
-    batch_size: int = 64,
-    feature_cache: Any | None = None,
+    feature_cache: FeatureCache | None = None,
     info: Mapping[str, Any] | None = None,
-    progress: bool = True,
 ) -> EvaluationResult:
     """Score ``methods`` on every object of ``dataset`` with the §3.3 protocol; write the outputs.
 
-    ``mode``: "table1" (``n_points`` random points, default 1), "table2" (``table2_points``, by
-    default 2, 3 and 5 points: no shift vs shift first) or "both" (one pass, one encode per image).
-    ``seeds``: a count (seeds 0..N-1) or explicit seeds.  ``heatmaps``: see ``select_heatmaps``.
-    ``feature_cache``: a ``trainer.feature_cache.FeatureCache`` to reuse features across runs.
+    ``config``: seeds, tables, heatmaps, test, batch size (``EvalConfig``; default: Table 1, 10 seeds).
+    ``feature_cache``: a ``FeatureCache`` to reuse features across runs.
     ``info``: provenance for the report (data path, format, split, command line, ...).
     """
     from trainer import eval_heatmaps, eval_report
 
+    config = config or EvalConfig()
     if not methods:
         raise ValueError("no methods to evaluate")
-    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
-    if not seed_list or len(set(seed_list)) != len(seed_list):
-        raise ValueError(f"need at least one seed and no duplicates, got {seeds!r}")
-    specs = table_specs(mode, n_points, table2_points)
+    seed_list = config.seed_list
+    specs = config.table_specs()
     if len(dataset) == 0 or not any(s.objects for s in dataset):
         raise ValueError(f"dataset {dataset.name!r} has no objects to evaluate")
-    heatmap_keys = select_heatmaps(dataset, heatmaps)
-    grid_spec = heatmap_grid or GridSpec(target_points=256)
+    heatmap_keys = select_heatmaps(dataset, config.heatmaps)
+    grid_spec = config.grid()
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    runners = {name: _MethodRunner(engine, spec, batch_size) for name, spec in methods.items()}
+    runners = {name: _MethodRunner(engine, spec, config.batch_size) for name, spec in methods.items()}
     # Methods on the released decoder first, so each image swaps decoders at most twice.
     order = sorted(methods, key=lambda name: methods[name].decoder_dir is not None)
     decoders = _DecoderState(engine, sorted({str(s.decoder_dir) for s in methods.values() if s.decoder_dir}))
@@ -336,7 +366,7 @@ def evaluate(
     heatmap_results: list[HeatmapResult] = []
     encodes_before = engine.encode_count
     try:
-        with _progress(len(dataset), progress, "evaluate") as bar:
+        with _progress(len(dataset), config.progress, "evaluate") as bar:
             for sample in dataset:
                 bar.set_postfix_str(str(sample.sample_id)[-40:], refresh=False)
                 objects = [(obj.object_id, obj.class_name, obj.load()) for obj in sample.objects]
@@ -362,7 +392,7 @@ def evaluate(
     finally:
         decoders.restore()
 
-    tables, paired = _aggregate(rows, specs, methods, dataset.classes(), test)
+    tables, paired = _aggregate(rows, specs, methods, dataset.classes(), config.test)
     run_info = {
         "dataset": dataset.name,
         "samples": len(dataset),
@@ -374,7 +404,7 @@ def evaluate(
         "device": str(engine.device),
         "encoder_calls": engine.encode_count - encodes_before,
         "methods": {name: {"label": s.label, "description": s.describe()} for name, s in methods.items()},
-        "batch_size": batch_size,
+        "batch_size": config.batch_size,
         "heatmap_grid": grid_spec.key() if heatmap_keys else "",
         **dict(info or {}),
     }

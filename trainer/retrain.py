@@ -55,7 +55,7 @@ from rpsam2_backend.learning import (
 from rpsam2_backend.settings import Settings, get_settings
 from trainer import accepted_labels as al
 from trainer.decoder_ft import DecoderFTConfig, private_engine, train_decoder
-from trainer.evaluate import MethodSpec, evaluate
+from trainer.evaluate import EvalConfig, MethodSpec, evaluate
 from trainer.feature_cache import FeatureCache
 from trainer.protocol import WEIGHTED_AVG_ROW
 from trainer.pseudo_labels import generate_pseudo_labels
@@ -272,8 +272,8 @@ def _run(settings: Settings, payload: dict, project: str, progress: Progress, ba
         progress("gate", "evaluating live vs candidate shift block on the validation split")
         methods = {"live": MethodSpec("live", shift_block=live_block),
                    "candidate": MethodSpec("candidate", shift_block=candidate_block)}
-        evaluation = evaluate(val_ds, engine, methods, seeds=settings.retrain_seeds, out_dir=work / "eval-shift",
-                              feature_cache=features, progress=False)
+        gate_config = EvalConfig(seeds=settings.retrain_seeds, progress=False)
+        evaluation = evaluate(val_ds, engine, methods, gate_config, work / "eval-shift", feature_cache=features)
         metrics = {"live": metric_cell(evaluation, "live"), "candidate": metric_cell(evaluation, "candidate")}
         ok, reason = gate(metrics["live"], metrics["candidate"], settings.retrain_min_gain,
                           settings.retrain_std_tolerance)
@@ -309,8 +309,7 @@ def _run(settings: Settings, payload: dict, project: str, progress: Progress, ba
             summary = train_decoder([*train_ds, *pseudo.samples], engine, features, ft_config, work / "decoder")
             methods = {"current": MethodSpec("current", shift_block=candidate_block),
                        "candidate": MethodSpec("candidate", shift_block=candidate_block, decoder_dir=work / "decoder")}
-            evaluation = evaluate(val_ds, engine, methods, seeds=settings.retrain_seeds,
-                                  out_dir=work / "eval-decoder", feature_cache=features, progress=False)
+            evaluation = evaluate(val_ds, engine, methods, gate_config, work / "eval-decoder", feature_cache=features)
             dmetrics = {"live": metric_cell(evaluation, "current"), "candidate": metric_cell(evaluation, "candidate")}
             dok, dreason = gate(dmetrics["live"], dmetrics["candidate"], settings.retrain_min_gain,
                                 settings.retrain_std_tolerance)
