@@ -25,8 +25,8 @@ import torch.nn.functional as F
 
 from rpsam2_backend.engine.sam2_model import ImageFeatures, SAM2Engine, save_decoder
 from trainer.datasets.base import Sample
-from trainer.feature_cache import FeatureCache
-from trainer.train import click_points
+from trainer.feature_cache import FeatureCache, image_content_hash
+from trainer.prompts import click_points
 
 log = logging.getLogger(__name__)
 LOW_RES = 256
@@ -84,8 +84,6 @@ def decode_with(
 
 
 def _prepare(samples: Sequence[Sample], features: FeatureCache) -> list[_Object]:
-    from trainer.feature_cache import image_content_hash
-
     objects = []
     for sample in samples:
         if not sample.objects:

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 import threading
 import weakref
 from collections import OrderedDict
@@ -31,6 +29,7 @@ import numpy as np
 import torch
 
 from rpsam2_backend.engine.sam2_model import ImageFeatures, SAM2Engine
+from trainer.io.atomic import atomic_torch_save
 
 log = logging.getLogger(__name__)
 
@@ -196,14 +195,3 @@ class FeatureCache:
         if path is not None:
             atomic_torch_save(features.state(), path)
 
-
-def atomic_torch_save(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

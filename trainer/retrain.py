@@ -55,11 +55,15 @@ from rpsam2_backend.learning import (
 from rpsam2_backend.settings import Settings, get_settings
 from trainer import accepted_labels as al
 from trainer.decoder_ft import DecoderFTConfig, private_engine, train_decoder
-from trainer.evaluate import EvalConfig, MethodSpec, evaluate
+from trainer.eval.config import EvalConfig
+from trainer.eval.methods import MethodSpec
+from trainer.eval.protocol import WEIGHTED_AVG_ROW
+from trainer.eval.results import EvaluationResult
+from trainer.eval.run import evaluate
 from trainer.feature_cache import FeatureCache
-from trainer.protocol import WEIGHTED_AVG_ROW
 from trainer.pseudo_labels import generate_pseudo_labels
-from trainer.train import TrainConfig, train_shift_block
+from trainer.shift.config import TrainConfig
+from trainer.shift.loop import train_shift_block
 
 log = logging.getLogger("trainer.retrain")
 
@@ -102,7 +106,7 @@ class Progress:
 # ------------------------------------------------------------------------------------ the gate
 
 
-def metric_cell(result, method: str) -> dict:
+def metric_cell(result: EvaluationResult, method: str) -> dict:
     table = result.tables["table1"]
     cell = table.cell(method, WEIGHTED_AVG_ROW, "dice")
     return {"mdsc": cell.mean, "std": cell.std, "per_seed": {str(k): v for k, v in cell.per_seed.items()}}

@@ -18,14 +18,12 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
-from trainer.cli_common import UsageError, add_sam2_arguments, build_engine, run_cli
+from trainer.cli.common import UsageError, add_sam2_arguments, build_engine, run_cli
 from trainer.datasets import FORMATS
 
 METHOD_NAMES = ("sam2", "rpsam2", "sam2ft")
 TESTS = {"wilcoxon": "Wilcoxon signed-rank", "ttest": "paired t-test"}
 PROG = "rpsam2-eval"
-
-
 
 
 def _int_list(text: str) -> list[int]:
@@ -123,12 +121,10 @@ def _load_data(args: argparse.Namespace):
     return dataset, split
 
 
-
-
 def _method_specs(names: Sequence[str], args: argparse.Namespace, device) -> dict:
     from rpsam2_backend.engine.sam2_model import DECODER_WEIGHTS_FILE
     from rpsam2_backend.engine.shift_block import ShiftBlock
-    from trainer.evaluate import MethodSpec
+    from trainer.eval.methods import MethodSpec
 
     specs = {}
     for name in names:
@@ -150,8 +146,9 @@ def _method_specs(names: Sequence[str], args: argparse.Namespace, device) -> dic
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from rpsam2_backend.errors import ConfigError
-    from trainer.candidates import GridSpec
-    from trainer.evaluate import EvalConfig, evaluate, select_heatmaps
+    from trainer.eval.config import EvalConfig, select_heatmaps
+    from trainer.eval.run import evaluate
+    from trainer.shift.candidates import GridSpec
 
     for flag in ("seeds", "points", "batch_size", "heatmap_points"):
         if getattr(args, flag) < 1:
