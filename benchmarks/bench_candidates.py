@@ -2,7 +2,7 @@
 
 Side A is what a user of SAM2 would write: ``SAM2ImagePredictor.predict`` once per grid point
 (best of the three masks by predicted IoU, as SAM2 does for one click).  Side B is
-``trainer.candidates.grid_dice``: all points through one batched decoder call per chunk.  Both get
+``trainer.shift.candidates.grid_dice``: all points through one batched decoder call per chunk.  Both get
 the same image features (the predictor's ``set_image`` state is filled with the engine's
 features, so no second encode and bit-identical inputs) and the same points; the benchmark
 asserts they produce the same Dice per point before it trusts either timing.
@@ -59,7 +59,7 @@ def profile_batched(eng, features, points: np.ndarray, gt: np.ndarray, rows: int
     """torch.profiler table (self CPU time) of one batched chunk: where the decoder's time goes."""
     from torch.profiler import ProfilerActivity, profile
 
-    from trainer.candidates import grid_dice
+    from trainer.shift.candidates import grid_dice
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         grid_dice(eng, features, points, gt, chunk_size=len(points))
@@ -76,7 +76,7 @@ def run(
     chunk_size: int = 64,
     profile: bool = True,
 ) -> list[Row]:
-    from trainer.candidates import GridSpec, grid_dice, grid_points
+    from trainer.shift.candidates import GridSpec, grid_dice, grid_points
 
     eng = engine()
     if features is None:

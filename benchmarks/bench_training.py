@@ -1,6 +1,6 @@
 """Training step: one shift-block optimiser step with cached image embeddings vs one that re-encodes.
 
-Both sides are ``trainer.train.ShiftBlockTrainer.train_step`` on the same object, the same seeded
+Both sides are ``trainer.shift.trainer.ShiftBlockTrainer.train_step`` on the same object, the same seeded
 clicks and the same initial block; they differ only in the feature cache: the cached trainer's
 ``FeatureCache`` holds the image's embedding, the other one has no room (memory budget 0, no disk
 tier), so every step takes the trainer's own fallback and encodes the image again.  One object
@@ -42,11 +42,14 @@ class _ImageSample:
 
 
 def _trainer(eng, image: np.ndarray, gt: np.ndarray, memory_bytes: int, points_per_object: int):
-    from trainer.candidates import GridSpec, grid_points
-    from trainer.feature_cache import FeatureCache, image_content_hash
-    from trainer.train import ShiftBlockTrainer, TrainConfig, TrainObject
+    from rpsam2_backend.engine.embedding_cache import image_key
+    from trainer.feature_cache import FeatureCache
+    from trainer.shift.candidates import GridSpec, grid_points
+    from trainer.shift.config import TrainConfig
+    from trainer.shift.objects import TrainObject
+    from trainer.shift.trainer import ShiftBlockTrainer
 
-    image_hash = image_content_hash(image)
+    image_hash = image_key(image)
     features = FeatureCache(eng, root=None, memory_bytes=memory_bytes)
     if memory_bytes:
         features.get(image, image_hash)

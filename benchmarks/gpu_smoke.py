@@ -4,8 +4,8 @@
     python -m benchmarks.gpu_smoke --device cpu --config tiny --repeats 1   # quick local check
 
 Needs no checkpoint and no internet.  Steps: build SAM2, encode one image, click on the cached
-embedding, batched single-click Dice of 64 candidate points (trainer.candidates.grid_dice), one
-training step of the shift block with the paper's compound loss (trainer.losses), and a shift-block
+embedding, batched single-click Dice of 64 candidate points (trainer.shift.candidates.grid_dice), one
+training step of the shift block with the paper's compound loss (trainer.shift.losses), and a shift-block
 click through the deployed predictor.  Exits non-zero when any step fails or a number is not finite.
 """
 
@@ -58,8 +58,8 @@ def run(config: str, device_name: str, repeats: int, points: int) -> list[tuple[
     from rpsam2_backend.engine.modeling.shift_block import ShiftBlock
     from rpsam2_backend.engine.predictor import PixelClick, RPSAM2Predictor
     from rpsam2_backend.engine.sam2_engine import SAM2Engine
-    from trainer.candidates import GridSpec, grid_dice, grid_points
-    from trainer.losses import CompoundLoss
+    from trainer.shift.candidates import GridSpec, grid_dice, grid_points
+    from trainer.shift.losses import CompoundLoss
 
     device = torch.device(device_name)
     rows: list[tuple[str, float, float, str]] = []

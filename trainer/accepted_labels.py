@@ -33,6 +33,7 @@ from rpsam2_backend.labelstudio.label_config import LabelConfig, parse_label_con
 from rpsam2_backend.labelstudio.tasks import image_url
 from trainer.datasets.base import Dataset, Sample
 from trainer.datasets.labelstudio_export import _timestamp, brush_objects
+from trainer.prompts import stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -213,8 +214,6 @@ def split_train_val(items: list[TaskLabel], val_fraction: float) -> tuple[list[T
     A task is in validation when a stable hash of its id falls below ``val_fraction``; at least one
     task goes to each side when there are two or more.
     """
-    from trainer.protocol import stable_hash
-
     scored = sorted(items, key=lambda t: stable_hash(("rpsam2-val", t.task_id)))
     val_ids = {t.task_id for t in items if stable_hash(("rpsam2-val", t.task_id)) / 2**63 < val_fraction}
     if len(items) >= 2:

@@ -24,11 +24,12 @@ import torch
 import torch.nn.functional as F
 
 from rpsam2_backend.engine.decoder_weights import save_decoder
+from rpsam2_backend.engine.embedding_cache import image_key
 from rpsam2_backend.engine.features import ImageFeatures
 from rpsam2_backend.engine.sam2_engine import SAM2Engine
 from trainer.datasets.base import Sample
 from trainer.feature_cache import FeatureCache
-from trainer.train import click_points
+from trainer.prompts import click_points
 
 log = logging.getLogger(__name__)
 LOW_RES = 256
@@ -86,14 +87,12 @@ def decode_with(
 
 
 def _prepare(samples: Sequence[Sample], features: FeatureCache) -> list[_Object]:
-    from trainer.feature_cache import image_content_hash
-
     objects = []
     for sample in samples:
         if not sample.objects:
             continue
         image = sample.load_image()
-        image_hash = image_content_hash(image)
+        image_hash = image_key(image)
         features.get(image, image_hash)
         for obj in sample.objects:
             mask = obj.load()

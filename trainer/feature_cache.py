@@ -4,8 +4,9 @@ SAM2 is frozen during shift-block training, so an image's features never change:
 (~0.1 s on a GPU, 3-17 s on CPU per image) runs once per image for the lifetime of the cache
 directory, not once per epoch.  Keys:
 
-- the image's *content* hash: sha256 of the decoded RGB pixels and their shape (two files with the
-  same pixels share an entry; a re-encoded JPEG with other pixels does not);
+- the image's *content* hash, ``engine.embedding_cache.image_key`` (the backend's key too): sha256
+  of the decoded RGB pixels and their shape (two files with the same pixels share an entry; a
+  re-encoded JPEG with other pixels does not);
 - the SAM2 *encoder identity*: config name + sha256 of the checkpoint file, or, for random weights
   (tests, smoke runs), a hash of every parameter -- two random models never share entries.
 
@@ -20,31 +21,21 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
-import threading
 import weakref
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from rpsam2_backend.engine.embedding_cache import EmbeddingCache, image_key
 from rpsam2_backend.engine.features import ImageFeatures
 from rpsam2_backend.engine.sam2_engine import SAM2Engine
+from trainer.io.atomic import atomic_torch_save
 
 log = logging.getLogger(__name__)
 
 _identity_memo: weakref.WeakKeyDictionary[SAM2Engine, str] = weakref.WeakKeyDictionary()
 _file_hash_memo: dict[tuple[str, int, int], str] = {}
-
-
-def image_content_hash(image: np.ndarray) -> str:
-    """sha256 of an image's pixels (shape and dtype included, so a transposed copy differs)."""
-    image = np.ascontiguousarray(image)
-    h = hashlib.sha256(f"{image.shape}|{image.dtype}|".encode())
-    h.update(image.tobytes())
-    return h.hexdigest()
 
 
 def mask_hash(mask: np.ndarray) -> str:
@@ -115,12 +106,10 @@ class FeatureCache:
         self.dir = Path(root) / "features" / self.identity[:16] if root is not None else None
         self.memory_bytes = int(memory_bytes)
         self.store_dtype = store_dtype
-        self._memory: OrderedDict[str, ImageFeatures] = OrderedDict()
-        self._memory_used = 0
-        self._lock = threading.Lock()
+        # The RAM tier is the backend's own embedding cache (LRU in bytes), holding store_dtype tensors.
+        self._memory = EmbeddingCache(self.memory_bytes)
         self.encoded = 0
         self.disk_hits = 0
-        self.memory_hits = 0
 
     def path(self, image_hash: str) -> Path | None:
         return self.dir / image_hash[:2] / f"{image_hash}.pt" if self.dir is not None else None
@@ -129,13 +118,17 @@ class FeatureCache:
         path = self.path(image_hash)
         return image_hash in self._memory or (path is not None and path.is_file())
 
+    @property
+    def memory_hits(self) -> int:
+        return self._memory.hits
+
     def get(self, image: np.ndarray | None, image_hash: str | None = None) -> ImageFeatures:
         """Features of ``image`` (RGB uint8); ``image`` may be None when ``image_hash`` is cached."""
         if image_hash is None:
             if image is None:
                 raise ValueError("need an image or its content hash")
-            image_hash = image_content_hash(image)
-        stored = self._from_memory(image_hash)
+            image_hash = image_key(image)
+        stored = self._memory.get(image_hash)
         if stored is None:
             stored = self._from_disk(image_hash)
             if stored is None:
@@ -148,9 +141,7 @@ class FeatureCache:
                 self._to_disk(image_hash, stored)
             else:
                 self.disk_hits += 1
-            self._to_memory(image_hash, stored)
-        else:
-            self.memory_hits += 1
+            self._memory.put(image_hash, stored)
         return self._cast(stored.to(self.engine.device), torch.float32)
 
     # --- tiers (both hold store_dtype tensors on the CPU) -------------------------------------
@@ -159,26 +150,6 @@ class FeatureCache:
         return ImageFeatures(
             features.image_embed.to(dtype), [t.to(dtype) for t in features.high_res_feats], features.orig_hw
         )
-
-    def _from_memory(self, key: str) -> ImageFeatures | None:
-        with self._lock:
-            features = self._memory.get(key)
-            if features is not None:
-                self._memory.move_to_end(key)
-            return features
-
-    def _to_memory(self, key: str, features: ImageFeatures) -> None:
-        size = features.nbytes
-        if size > self.memory_bytes:
-            return
-        with self._lock:
-            if key in self._memory:
-                return
-            self._memory[key] = features
-            self._memory_used += size
-            while self._memory_used > self.memory_bytes:
-                _, old = self._memory.popitem(last=False)
-                self._memory_used -= old.nbytes
 
     def _from_disk(self, key: str) -> ImageFeatures | None:
         path = self.path(key)
@@ -197,14 +168,3 @@ class FeatureCache:
         if path is not None:
             atomic_torch_save(features.state(), path)
 
-
-def atomic_torch_save(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

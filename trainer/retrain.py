@@ -52,11 +52,15 @@ from rpsam2_backend.labelstudio.images import ImageLoader
 from rpsam2_backend.queue.retrain import enqueue_retrain, retrain_run_lock, schedule_retrain
 from trainer import accepted_labels as al
 from trainer.decoder_ft import DecoderFTConfig, private_engine, train_decoder
-from trainer.evaluate import MethodSpec, evaluate
+from trainer.eval.config import EvalConfig
+from trainer.eval.methods import MethodSpec
+from trainer.eval.protocol import WEIGHTED_AVG_ROW
+from trainer.eval.results import EvaluationResult
+from trainer.eval.run import evaluate
 from trainer.feature_cache import FeatureCache
-from trainer.protocol import WEIGHTED_AVG_ROW
 from trainer.pseudo_labels import generate_pseudo_labels
-from trainer.train import TrainConfig, train_shift_block
+from trainer.shift.config import TrainConfig
+from trainer.shift.loop import train_shift_block
 
 log = logging.getLogger("trainer.retrain")
 
@@ -97,7 +101,7 @@ class Progress:
 # ------------------------------------------------------------------------------------ the gate
 
 
-def metric_cell(result, method: str) -> dict:
+def metric_cell(result: EvaluationResult, method: str) -> dict:
     table = result.tables["table1"]
     cell = table.cell(method, WEIGHTED_AVG_ROW, "dice")
     return {"mdsc": cell.mean, "std": cell.std, "per_seed": {str(k): v for k, v in cell.per_seed.items()}}
@@ -215,8 +219,8 @@ def _run(settings: Settings, payload: RetrainPayload, project: str, progress: Pr
         progress("gate", "evaluating live vs candidate shift block on the validation split")
         methods = {"live": MethodSpec("live", shift_block=live_block),
                    "candidate": MethodSpec("candidate", shift_block=candidate_block)}
-        evaluation = evaluate(val_ds, engine, methods, seeds=learning.retrain_seeds, out_dir=work / "eval-shift",
-                              feature_cache=features, progress=False)
+        gate_config = EvalConfig(seeds=learning.retrain_seeds, progress=False)
+        evaluation = evaluate(val_ds, engine, methods, gate_config, work / "eval-shift", feature_cache=features)
         metrics = {"live": metric_cell(evaluation, "live"), "candidate": metric_cell(evaluation, "candidate")}
         ok, reason = gate(metrics["live"], metrics["candidate"], learning.retrain_min_gain,
                           learning.retrain_std_tolerance)
@@ -252,8 +256,7 @@ def _run(settings: Settings, payload: RetrainPayload, project: str, progress: Pr
             summary = train_decoder([*train_ds, *pseudo.samples], engine, features, ft_config, work / "decoder")
             methods = {"current": MethodSpec("current", shift_block=candidate_block),
                        "candidate": MethodSpec("candidate", shift_block=candidate_block, decoder_dir=work / "decoder")}
-            evaluation = evaluate(val_ds, engine, methods, seeds=learning.retrain_seeds,
-                                  out_dir=work / "eval-decoder", feature_cache=features, progress=False)
+            evaluation = evaluate(val_ds, engine, methods, gate_config, work / "eval-decoder", feature_cache=features)
             dmetrics = {"live": metric_cell(evaluation, "current"), "candidate": metric_cell(evaluation, "candidate")}
             dok, dreason = gate(dmetrics["live"], dmetrics["candidate"], learning.retrain_min_gain,
                                 learning.retrain_std_tolerance)

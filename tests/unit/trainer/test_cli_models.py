@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rpsam2_backend.engine.checkpoint_store import CheckpointStore
-from trainer import cli_models
+from trainer.cli import models as cli_models
 
 
 def test_models_cli_lists_promotes_and_rolls_back(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""Candidate points (§2.2) and the trainer's disk caches, on the real VOC photo with random-weight SAM2."""
+"""Candidate points (§2.2) and their disk cache, on the real VOC photo with random-weight SAM2."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.candidates import (
+from rpsam2_backend.engine.embedding_cache import image_key
+from trainer.scores import dice
+from trainer.shift.candidates import (
     CandidateGenerator,
     CandidateSet,
     GridSpec,
@@ -14,8 +16,6 @@ from trainer.candidates import (
     grid_points,
     nearest_candidate_distance,
 )
-from trainer.feature_cache import FeatureCache, image_content_hash
-from trainer.metrics import dice
 
 SMALL_GRID = GridSpec(target_points=8)
 
@@ -116,7 +116,7 @@ def test_candidate_set_respects_eps_and_lies_inside(sam2_engine, voc, voc_featur
 
 def test_candidate_cache_hits_skip_decoding_and_keys_on_mask_and_grid(sam2_engine, voc, voc_feature_cache, tmp_path):
     features = voc_feature_cache.get(voc["rgb"])
-    image_hash = image_content_hash(voc["rgb"])
+    image_hash = image_key(voc["rgb"])
     mask = _object(voc, 3)
     first = CandidateGenerator(sam2_engine, SMALL_GRID, cache_dir=tmp_path)
     a = first(features, mask, image_hash, "obj-3")
@@ -148,23 +148,3 @@ def test_candidate_set_requires_no_decoding_to_change_eps():
     cs = CandidateSet(np.array([[1.5, 1.5], [2.5, 2.5], [3.5, 3.5]]), np.array([0.9, 0.897, 0.5]), eps=0.005)
     assert cs.points.tolist() == [[1.5, 1.5], [2.5, 2.5]]
     assert cs.with_eps(0.001).points.tolist() == [[1.5, 1.5]]
-
-
-# --- embedding cache ---------------------------------------------------------------------------
-
-
-def test_feature_cache_reads_back_from_disk_without_encoding(sam2_engine, voc, voc_feature_cache):
-    first = voc_feature_cache.get(voc["rgb"])
-    before = sam2_engine.encode_count
-    fresh = FeatureCache(sam2_engine, voc_feature_cache.dir.parent.parent)  # same root, empty memory
-    assert image_content_hash(voc["rgb"]) in fresh
-    again = fresh.get(voc["rgb"])
-    assert sam2_engine.encode_count == before
-    assert (fresh.encoded, fresh.disk_hits) == (0, 1)
-    # The first process sees the same (storage-dtype) numbers as later ones: seeded runs repeat.
-    assert torch.equal(first.image_embed, again.image_embed)
-    assert all(torch.equal(a, b) for a, b in zip(first.high_res_feats, again.high_res_feats, strict=True))
-    assert again.orig_hw == voc["rgb"].shape[:2]
-    assert fresh.get(None, image_content_hash(voc["rgb"])).orig_hw == again.orig_hw
-    with pytest.raises(KeyError):
-        FeatureCache(sam2_engine, None).get(None, "0" * 64)

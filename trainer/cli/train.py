@@ -29,15 +29,13 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
-from trainer.cli_common import UsageError, add_sam2_arguments, build_engine, run_cli
+from trainer.cli.common import UsageError, add_sam2_arguments, build_engine, run_cli
 from trainer.datasets import FORMATS
 
 PROG = "rpsam2-train"
 DEFAULT_CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "rpsam2")
 
 log = logging.getLogger(__name__)
-
-
 
 
 def _positive_int(text: str) -> int:
@@ -153,12 +151,10 @@ def _load_data(args: argparse.Namespace):
     return train, val
 
 
-
-
 def _config(args: argparse.Namespace):
     from rpsam2_backend.engine.modeling.shift_block import ShiftBlockConfig
-    from trainer.candidates import GridSpec
-    from trainer.train import TrainConfig
+    from trainer.shift.candidates import GridSpec
+    from trainer.shift.config import TrainConfig
 
     if not 0.0 <= args.val_fraction < 1.0:
         raise UsageError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
@@ -195,7 +191,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     import torch
 
     from rpsam2_backend.core.errors import ConfigError
-    from trainer.train import train_shift_block
+    from trainer.shift.loop import train_shift_block
 
     config = _config(args)
     train, val = _load_data(args)

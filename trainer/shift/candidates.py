@@ -29,8 +29,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,6 +39,7 @@ import torch
 from rpsam2_backend.engine.features import ImageFeatures
 from rpsam2_backend.engine.sam2_engine import SAM2Engine
 from trainer.feature_cache import decoder_identity, mask_hash
+from trainer.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +135,7 @@ def grid_dice(
         flat = masks.reshape(masks.shape[0], -1)
         inter = (flat & gt_flat).sum(axis=1)
         total = flat.sum(axis=1) + gt_area
-        # Same rule as trainer.metrics.dice: both empty -> 1 (cannot happen: gt is an object).
+        # Same rule as trainer.scores.dice: both empty -> 1 (cannot happen: gt is an object).
         out[start : start + len(chunk)] = np.where(total > 0, 2.0 * inter / np.maximum(total, 1), 1.0)
     return out
 
@@ -203,16 +202,8 @@ class CandidateCache:
             return None
 
     def put(self, key: str, grid: np.ndarray, dice: np.ndarray) -> None:
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, grid=grid, dice=dice)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(self.path(key)) as tmp, open(tmp, "wb") as f:
+            np.savez(f, grid=grid, dice=dice)
 
 
 class CandidateGenerator:

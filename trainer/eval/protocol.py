@@ -1,9 +1,10 @@
-"""Evaluation protocol of the paper (§3.3, Table 1): prompts, aggregation, significance, table layout.
+"""Evaluation protocol of the paper (§3.3, Table 1): aggregation, significance, table layout.
 
-Protocol: for each seed (one "prompt"), one random point inside each object's ground truth. The same seed
-gives the same point to every method. Scores are aggregated *per seed first*: for every seed the mean over
-the samples (objects) is taken, then mean and standard deviation across the seeds. The std therefore
-measures stability across prompts, not the spread between objects.
+Protocol: for each seed (one "prompt"), one random point inside each object's ground truth
+(``trainer.prompts.points_for_protocol``). The same seed gives the same point to every method. Scores
+are aggregated *per seed first*: for every seed the mean over the samples (objects) is taken, then mean
+and standard deviation across the seeds. The std therefore measures stability across prompts, not the
+spread between objects.
 
 Standard deviations are population std (``ddof=0``, numpy's default) across seeds -- the paper does not
 say which it used; ``STD_DDOF`` is the single place this is decided.
@@ -11,15 +12,16 @@ say which it used; ``STD_DDOF`` is the single place this is decided.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import defaultdict
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from scipy import stats
+
+from trainer.prompts import stable_hash
 
 STD_DDOF = 0
 AVG_ROW = "Avg."
@@ -32,55 +34,6 @@ METRIC_LABELS: dict[str, tuple[str, bool]] = {
 }
 WILCOXON = "Wilcoxon signed-rank"
 PAIRED_T = "paired t-test"
-
-
-# ----------------------------------------------------------------------------------------------- prompts
-
-
-def stable_hash(object_id: Hashable) -> int:
-    """Process-independent 63-bit hash of an object id (Python's hash() is salted per process).
-
-    ``repr`` keeps ``1`` and ``"1"`` apart; ids should be plain values (str, int, tuples of those).
-    """
-    digest = hashlib.blake2b(repr(object_id).encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") >> 1
-
-
-def sample_points(gt_mask: np.ndarray, rng: np.random.Generator, n: int = 1) -> np.ndarray:
-    """``n`` distinct pixel centers drawn uniformly from the mask, as float (x, y) = (col, row), shape (n, 2).
-
-    Raises ValueError for an empty mask or when the mask has fewer than ``n`` pixels.
-    """
-    rows, cols = np.nonzero(np.asarray(gt_mask))
-    if rows.size == 0:
-        raise ValueError("cannot sample a prompt point from an empty mask")
-    if n < 1 or n > rows.size:
-        raise ValueError(f"cannot sample {n} distinct points from a mask of {rows.size} pixels")
-    idx = rng.choice(rows.size, size=n, replace=False)
-    return np.stack([cols[idx], rows[idx]], axis=1).astype(np.float64)
-
-
-def points_for_protocol(
-    objects: Iterable[tuple[Hashable, np.ndarray]],
-    seeds: Sequence[int],
-    n_points: int = 1,
-) -> dict[int, dict[Hashable, np.ndarray]]:
-    """Prompt points per seed and object: ``result[seed][object_id] -> (n_points, 2)`` float (x, y).
-
-    Each object's generator is seeded with ``[seed, stable_hash(object_id)]``, so an object's points depend
-    only on the seed and its id: not on the method, the object order, or which other objects are present.
-    """
-    objects = list(objects)
-    ids = [object_id for object_id, _ in objects]
-    if len(set(ids)) != len(ids):
-        raise ValueError("object ids must be unique")
-    result: dict[int, dict[Hashable, np.ndarray]] = {}
-    for seed in seeds:
-        result[seed] = {
-            object_id: sample_points(mask, np.random.default_rng([seed, stable_hash(object_id)]), n_points)
-            for object_id, mask in objects
-        }
-    return result
 
 
 # ------------------------------------------------------------------------------------------- aggregation

@@ -1,11 +1,11 @@
-"""What ``trainer.evaluate`` writes to its output folder.
+"""What ``trainer.eval.run.evaluate`` writes to its output folder.
 
 - ``scores.csv``: one row per table, method, seed and object (Dice, HD95, the prompt points, the
-  point the decoder saw); re-aggregating it with ``trainer.protocol.aggregate`` gives the tables.
+  point the decoder saw); re-aggregating it with ``trainer.eval.protocol.aggregate`` gives the tables.
 - ``summary.json``: the run's settings, every table cell (mean, std, per-seed values), the paired
   tests, excluded objects, empty-prediction counts and heatmap files.
 - ``report.md``: the same as Markdown in the paper's layout (``mean±std``; Dice in percent).
-- ``heatmaps/*.png``: written by ``trainer.eval_heatmaps``.
+- ``heatmaps/*.png``: written by ``trainer.eval.heatmaps``.
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainer.metrics import EMPTY_HD95_POLICY
-from trainer.protocol import METRIC_LABELS, STD_DDOF, Table, format_mean_std, markdown_table
+from trainer.eval.protocol import METRIC_LABELS, STD_DDOF, Table, format_mean_std, markdown_table
+from trainer.eval.results import EvaluationResult, ScoreRow
+from trainer.scores import EMPTY_HD95_POLICY
 
-if TYPE_CHECKING:
-    from trainer.evaluate import EvaluationResult, MethodSpec, ScoreRow
+if TYPE_CHECKING:  # only for annotations: reading a scores.csv should not need torch
+    from trainer.eval.methods import MethodSpec
 
 CSV_FIELDS = (
     "table", "n_points", "method", "seed", "sample_id", "object_id", "class_name", "dice", "hd95",

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from trainer.metrics import EMPTY_HD95_POLICY, dice, hd95
+from trainer.scores import EMPTY_HD95_POLICY, dice, hd95
 
 H, W = 40, 50
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from trainer.losses import CompoundLoss, dice_loss, distance_loss, mask_value_at, outside_loss
+from trainer.shift.losses import CompoundLoss, dice_loss, distance_loss, mask_value_at, outside_loss
 
 THETA = 15.0
 

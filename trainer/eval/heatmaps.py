@@ -1,6 +1,6 @@
 """Fig. 1 (v) / Fig. 5 (v): the Dice of a single click at every grid point of an object, drawn over it.
 
-Every grid point (``trainer.candidates.grid_points``, pixel centres inside the ground truth) is
+Every grid point (``trainer.shift.candidates.grid_points``, pixel centres inside the ground truth) is
 decoded as one positive click by each method -- for RP-SAM2 the click is shifted first, so the
 heatmap shows where the *user* may click and what Dice follows.  Each mask pixel takes the value of
 its nearest grid point (a Voronoi fill via the distance transform), so sparse grids read as areas.
@@ -12,18 +12,23 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
 
 from rpsam2_backend.engine.features import ImageFeatures
-from trainer.candidates import GridSpec, grid_points
-
-if TYPE_CHECKING:
-    from trainer.evaluate import HeatmapResult, MethodSpec, _DecoderState, _MethodRunner
+from trainer.eval.methods import DecoderState, MethodRunner, MethodSpec
+from trainer.eval.results import HeatmapResult
+from trainer.scores import dice
+from trainer.shift.candidates import GridSpec, grid_points
 
 CMAP = "jet"  # the paper's heatmaps run blue (low) to red (high)
+
+
+def grid_scores(runner: MethodRunner, features: ImageFeatures, points_px: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """Dice of each single-point prediction, (K,) -- one heatmap's values."""
+    masks, _ = runner.predict(features, points_px[:, None, :])
+    return np.array([dice(m, gt) for m in masks], dtype=np.float64)
 
 
 def safe_file_name(key: str) -> str:
@@ -100,13 +105,12 @@ def object_heatmap(
     features: ImageFeatures,
     order: Sequence[str],
     methods: Mapping[str, MethodSpec],
-    runners: Mapping[str, _MethodRunner],
-    decoders: _DecoderState,
+    runners: Mapping[str, MethodRunner],
+    decoders: DecoderState,
     grid_spec: GridSpec,
     out_dir: Path,
 ) -> HeatmapResult:
-    from trainer.evaluate import HeatmapResult, grid_scores
-
+    """Score every grid point of one object with every method and draw the panels; the PNG's path and values."""
     grid = grid_points(mask, grid_spec)
     scores: dict[str, np.ndarray] = {}
     for name in order:

@@ -18,14 +18,12 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
-from trainer.cli_common import UsageError, add_sam2_arguments, build_engine, run_cli
+from trainer.cli.common import UsageError, add_sam2_arguments, build_engine, run_cli
 from trainer.datasets import FORMATS
 
 METHOD_NAMES = ("sam2", "rpsam2", "sam2ft")
 TESTS = {"wilcoxon": "Wilcoxon signed-rank", "ttest": "paired t-test"}
 PROG = "rpsam2-eval"
-
-
 
 
 def _int_list(text: str) -> list[int]:
@@ -123,12 +121,10 @@ def _load_data(args: argparse.Namespace):
     return dataset, split
 
 
-
-
 def _method_specs(names: Sequence[str], args: argparse.Namespace, device) -> dict:
     from rpsam2_backend.engine.decoder_weights import DECODER_WEIGHTS_FILE
     from rpsam2_backend.engine.modeling.shift_block import ShiftBlock
-    from trainer.evaluate import MethodSpec
+    from trainer.eval.methods import MethodSpec
 
     specs = {}
     for name in names:
@@ -150,8 +146,9 @@ def _method_specs(names: Sequence[str], args: argparse.Namespace, device) -> dic
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from rpsam2_backend.core.errors import ConfigError
-    from trainer.candidates import GridSpec
-    from trainer.evaluate import evaluate, select_heatmaps
+    from trainer.eval.config import EvalConfig, select_heatmaps
+    from trainer.eval.run import evaluate
+    from trainer.shift.candidates import GridSpec
 
     for flag in ("seeds", "points", "batch_size", "heatmap_points"):
         if getattr(args, flag) < 1:
@@ -180,12 +177,12 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         "split": split or "all",
         "command": " ".join(shlex.quote(a) for a in [PROG, *argv]),
     }
-    result = evaluate(
-        dataset, engine, specs, seeds=args.seeds, n_points=args.points,
-        mode="both" if args.table2 else "table1", out_dir=args.out, table2_points=args.table2_points,
-        heatmaps=heatmaps, heatmap_grid=GridSpec(target_points=args.heatmap_points), test=TESTS[args.test],
-        batch_size=args.batch_size, feature_cache=cache, info=info, progress=not args.no_progress,
+    config = EvalConfig(
+        seeds=args.seeds, n_points=args.points, mode="both" if args.table2 else "table1",
+        table2_points=args.table2_points, heatmaps=heatmaps, heatmap_grid=GridSpec(target_points=args.heatmap_points),
+        test=TESTS[args.test], batch_size=args.batch_size, progress=not args.no_progress,
     )
+    result = evaluate(dataset, engine, specs, config, args.out, feature_cache=cache, info=info)
     print(f"report: {result.report_path}\nscores: {result.scores_path}\nsummary: {result.summary_path}")
     if result.heatmaps:
         print(f"heatmaps: {len(result.heatmaps)} PNG in {result.out_dir / 'heatmaps'}")

@@ -1,4 +1,4 @@
-"""Segmentation metrics used by the evaluation (paper §3.3): Dice and HD95 on binary 2-D masks.
+"""Segmentation scores (paper §3.3): Dice and HD95 on binary 2-D masks, for evaluation and validation.
 
 HD95 convention (same as MedPy's ``medpy.metric.binary.hd95``):
 

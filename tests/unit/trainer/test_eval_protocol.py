@@ -1,3 +1,7 @@
+"""The §3.3 protocol: per-seed-first aggregation, paired tests, Table-1 formatting."""
+
+from __future__ import annotations
+
 import csv
 import io
 import json
@@ -6,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from trainer.protocol import (
+from trainer.eval.protocol import (
     AVG_ROW,
     PAIRED_T,
     WEIGHTED_AVG_ROW,
@@ -17,114 +21,12 @@ from trainer.protocol import (
     markdown_table,
     pair_scores,
     paired_test,
-    points_for_protocol,
-    sample_points,
-    stable_hash,
 )
 
 
 def pop_std(values):
     m = sum(values) / len(values)
     return math.sqrt(sum((v - m) ** 2 for v in values) / len(values))
-
-
-def disc(h, w, cy, cx, r):
-    yy, xx = np.mgrid[0:h, 0:w]
-    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-
-
-# ------------------------------------------------------------------------------------------------ points
-
-
-def test_sampled_points_lie_inside_mask_at_pixel_centers():
-    mask = disc(30, 40, 12, 20, 6) & ~disc(30, 40, 12, 20, 3)  # ring: the centroid is outside
-    rng = np.random.default_rng(0)
-    pts = sample_points(mask, rng, n=25)
-    assert pts.shape == (25, 2) and pts.dtype == np.float64
-    assert np.array_equal(pts, np.round(pts))
-    xs, ys = pts[:, 0].astype(int), pts[:, 1].astype(int)
-    assert mask[ys, xs].all()
-    assert len({tuple(p) for p in pts}) == 25  # distinct
-
-
-def test_points_are_x_col_y_row():
-    mask = np.zeros((10, 20), bool)
-    mask[7, 15] = True
-    assert sample_points(mask, np.random.default_rng(1)).tolist() == [[15.0, 7.0]]
-
-
-def test_sampling_is_roughly_uniform():
-    mask = np.zeros((5, 5), bool)
-    mask[1, 1] = mask[3, 3] = True
-    rng = np.random.default_rng(3)
-    hits = sum(sample_points(mask, rng)[0, 0] == 1.0 for _ in range(2000))
-    assert 850 < hits < 1150
-
-
-def test_empty_mask_raises():
-    with pytest.raises(ValueError):
-        sample_points(np.zeros((5, 5), bool), np.random.default_rng(0))
-
-
-def test_more_points_than_pixels_raises():
-    mask = np.zeros((5, 5), bool)
-    mask[2, 2] = True
-    with pytest.raises(ValueError):
-        sample_points(mask, np.random.default_rng(0), n=2)
-
-
-def _objects():
-    return [
-        ("img1/0", disc(60, 80, 20, 20, 10)),
-        ("img1/1", disc(60, 80, 40, 60, 12)),
-        ("img2/0", disc(60, 80, 30, 40, 15)),
-    ]
-
-
-def test_same_seed_same_points_regardless_of_order_and_additions():
-    seeds = [0, 1, 2, 3]
-    base = points_for_protocol(_objects(), seeds)
-    again = points_for_protocol(_objects(), seeds)  # e.g. the second method's evaluation run
-    shuffled = points_for_protocol(list(reversed(_objects())), seeds)
-    extended = points_for_protocol([("img0/9", disc(60, 80, 30, 30, 20)), *_objects()], seeds)
-    for seed in seeds:
-        assert set(base[seed]) == {"img1/0", "img1/1", "img2/0"}
-        for object_id, pts in base[seed].items():
-            assert pts.shape == (1, 2)
-            np.testing.assert_array_equal(pts, again[seed][object_id])
-            np.testing.assert_array_equal(pts, shuffled[seed][object_id])
-            np.testing.assert_array_equal(pts, extended[seed][object_id])
-
-
-def test_different_seeds_give_different_points():
-    pts = points_for_protocol(_objects(), list(range(10)))
-    for object_id in ("img1/0", "img1/1", "img2/0"):
-        distinct = {tuple(pts[s][object_id][0]) for s in range(10)}
-        assert len(distinct) >= 8  # hundreds of pixels per disc: collisions are rare
-
-
-def test_protocol_points_inside_masks_with_several_points():
-    objects = _objects()
-    pts = points_for_protocol(objects, [5, 6], n_points=3)
-    for seed in (5, 6):
-        for object_id, mask in objects:
-            p = pts[seed][object_id]
-            assert p.shape == (3, 2)
-            assert mask[p[:, 1].astype(int), p[:, 0].astype(int)].all()
-
-
-def test_duplicate_object_ids_rejected():
-    with pytest.raises(ValueError):
-        points_for_protocol([("a", disc(9, 9, 4, 4, 2)), ("a", disc(9, 9, 4, 4, 3))], [0])
-
-
-def test_stable_hash_distinguishes_types_and_is_fixed():
-    assert stable_hash(1) != stable_hash("1")
-    assert stable_hash(("img", 3)) == stable_hash(("img", 3))
-    assert 0 <= stable_hash("x") < 2**63
-
-
-# ------------------------------------------------------------------------------------------- aggregation
 
 
 def _score(method, seed, oid, cls, dice, hd=1.0):
@@ -242,9 +144,6 @@ def test_pair_scores_aligns_methods():
         pair_scores(_two_class_scores()[:-1], "m1", "m2")
 
 
-# ------------------------------------------------------------------------------------------ significance
-
-
 @pytest.mark.parametrize("test", [WILCOXON, PAIRED_T])
 def test_paired_test_identical_inputs(test):
     x = [0.1, 0.5, 0.7, 0.7, 0.9]
@@ -280,9 +179,6 @@ def test_paired_test_rejects_bad_input():
         paired_test([], [])
     with pytest.raises(ValueError):
         paired_test([0.1], [0.2], test="sign test")
-
-
-# -------------------------------------------------------------------------------------------- formatting
 
 
 def test_format_mean_std():

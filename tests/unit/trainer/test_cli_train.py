@@ -1,0 +1,107 @@
+"""``rpsam2-train`` end to end on a tiny folder dataset, its usage errors and its split selection."""
+
+from __future__ import annotations
+
+import csv
+
+import cv2
+import numpy as np
+import pytest
+
+from rpsam2_backend.engine.modeling.shift_block import ShiftBlock
+
+
+def _folder_dataset(root, n_images: int = 2) -> None:
+    """ROOT/images/NAME.png + ROOT/masks/NAME__<class>__<k>.png (the folder layout)."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n_images):
+        image = (rng.random((96, 128, 3)) * 60).astype(np.uint8)
+        tool = np.zeros((96, 128), np.uint8)
+        cv2.rectangle(tool, (20 + 5 * i, 30), (90, 44), 255, -1)
+        blob = np.zeros((96, 128), np.uint8)
+        cv2.circle(blob, (100 - 4 * i, 70), 14, 255, -1)
+        image[tool > 0] = (200, 200, 220)
+        image[blob > 0] = (180, 40, 40)
+        cv2.imwrite(str(root / "images" / f"frame{i}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(root / "masks" / f"frame{i}__Spatula__0.png"), tool)
+        cv2.imwrite(str(root / "masks" / f"frame{i}__Gauge__0.png"), blob)
+
+
+def test_cli_trains_end_to_end_on_a_folder_dataset(tmp_path, capsys):
+    from trainer.cli.train import main
+
+    _folder_dataset(tmp_path / "data")
+    out = tmp_path / "shift"
+    code = main([
+        "--data", str(tmp_path / "data"), "--format", "folder", "--out", str(out), "--steps", "2",
+        "--allow-random-weights", "--sam2-config", "configs/sam2.1/sam2.1_hiera_t.yaml", "--device", "cpu",
+        "--layers", "1", "--batch-size", "1", "--points-per-object", "2", "--grid-points", "6",
+        "--val-seeds", "1", "--val-fraction", "0.5", "--cache-dir", str(tmp_path / "cache"), "--no-progress",
+        "--seed", "3",
+    ])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert str(out) in printed and "best validation mDSC" in printed
+    block = ShiftBlock.load(out)
+    assert block.config.layers == 1
+    meta = ShiftBlock.read_meta(out)
+    assert meta["train_config"]["seed"] == 3 and meta["train_config"]["steps"] == 2
+    assert meta["data"]["train"]["images"] == 1 and meta["data"]["val"]["images"] == 1
+    assert meta["data"]["train"]["classes"] == {"Gauge": 1, "Spatula": 1}
+    with open(out / "metrics.csv") as f:
+        assert len(list(csv.DictReader(f))) >= 1
+    assert (out / "curve.png").stat().st_size > 1000
+    assert (out / "command.txt").read_text().startswith("rpsam2-train ")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data", "{missing}", "--format", "folder"], "does not exist"),
+        (["--data", "{data}", "--format", "folder"], "checkpoint"),  # no weights, no --allow-random-weights
+        (["--data", "{data}", "--format", "folder", "--fraction", "1.5"], "--fraction"),
+        (["--data", "{data}", "--format", "folder", "--steps", "0"], "--steps"),
+        (["--data", "{data}", "--format", "folder", "--steps", "3", "--epochs", "2"], "not allowed with"),
+        (["--data", "{data}", "--format", "nope"], "--format"),
+        (["--data", "{data}", "--format", "cadis", "--allow-random-weights"], "cannot load cadis"),
+        (["--data", "{data}", "--format", "folder", "--allow-random-weights", "--resume", "{missing}"],
+         "--resume"),
+    ],
+)
+def test_cli_user_errors_exit_2_with_a_message(tmp_path, capsys, monkeypatch, args, message):
+    from trainer.cli.train import main
+
+    monkeypatch.setenv("RPSAM2_CHECKPOINT_DIR", str(tmp_path / "no-checkpoints"))
+    _folder_dataset(tmp_path / "data", n_images=1)
+    argv = [a.format(missing=tmp_path / "missing", data=tmp_path / "data") for a in args]
+    argv += ["--out", str(tmp_path / "out"), "--sam2-config", "configs/sam2.1/sam2.1_hiera_t.yaml"]
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out" / "shift_block.safetensors").exists()
+
+
+def test_cli_split_selection_never_trains_on_val_or_test(tmp_path):
+    from trainer.cli.train import _load_data, build_parser
+
+    _folder_dataset(tmp_path / "data", n_images=5)
+    (tmp_path / "data" / "splits").mkdir()
+    (tmp_path / "data" / "splits" / "val.txt").write_text("frame1\n")
+    (tmp_path / "data" / "splits" / "test.txt").write_text("frame2\nframe3\n")
+
+    def load(*extra):
+        args = build_parser().parse_args(["--data", str(tmp_path / "data"), "--format", "folder", "--out", "x", *extra])
+        train, val = _load_data(args)
+        return sorted(s.sample_id for s in train), [s.sample_id for s in val]
+
+    train, val = load()
+    assert (train, val) == (["frame0", "frame4"], ["frame1"])
+    train, val = load("--val-split", "nothing", "--val-fraction", "0")
+    assert (train, val) == (["frame0", "frame1", "frame4"], [])

@@ -1,0 +1,87 @@
+"""What a shift-block training run takes (``TrainConfig``) and returns (``TrainResult``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rpsam2_backend.engine.modeling.shift_block import ShiftBlockConfig
+from trainer.shift.candidates import DEFAULT_EPS, GridSpec
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters; the defaults are the paper's (§3.2) where it gives them."""
+
+    epochs: int = 50
+    steps: int | None = None  # total optimiser steps; overrides epochs when set
+    batch_size: int = 4  # objects per step
+    points_per_object: int = 10
+    lr: float = 1e-4
+    weight_decay: float = 0.01  # AdamW's default; the paper does not say
+    grad_clip: float = 1.0  # max gradient norm; 0 disables
+    alpha: float = 1.0
+    beta: float = 0.1
+    gamma: float = 1.0
+    theta: float = 15.0
+    eps: float = DEFAULT_EPS
+    grid: GridSpec = field(default_factory=GridSpec)
+    shift: ShiftBlockConfig = field(default_factory=ShiftBlockConfig)
+    multimask: bool = True
+    val_seeds: int = 3  # single-click prompts per validation object
+    val_every: int | None = None  # steps between validations; default one epoch
+    seed: int = 0
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    cache_dir: str | None = None  # disk cache of embeddings and candidates
+    feature_memory_mb: int = 2048
+    candidate_chunk: int = 64
+    resume_from: str | None = None  # a previous run's output directory (or its resume.pt)
+    keep_resume_state: bool = True  # False: delete resume.pt at the end of a finished run
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "points_per_object": self.points_per_object}
+        for name, value in positive.items():
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.val_every is not None and self.val_every < 1:
+            raise ValueError(f"val_every must be >= 1, got {self.val_every}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.val_seeds < 0:
+            raise ValueError(f"val_seeds must be >= 0, got {self.val_seeds}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        if isinstance(known.get("grid"), dict):
+            known["grid"] = GridSpec.from_dict(known["grid"])
+        if isinstance(known.get("shift"), dict):
+            known["shift"] = ShiftBlockConfig.from_dict(known["shift"])
+        return cls(**known)
+
+
+@dataclass
+class TrainResult:
+    checkpoint_dir: Path
+    best_val_mdsc: float | None  # None without validation data
+    baseline_val_mdsc: float | None  # plain SAM2 on the same validation prompts
+    best_step: int
+    best_epoch: int
+    steps: int  # optimiser steps done in total (including resumed ones)
+    epochs: float
+    history: list[dict[str, Any]]  # one entry per validation (the rows of metrics.csv)
+    seconds: float
+    parameters: int
+    data: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["checkpoint_dir"] = str(self.checkpoint_dir)
+        return out

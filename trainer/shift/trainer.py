@@ -1,0 +1,277 @@
+"""The shift-block trainer (paper §3.2): frozen SAM2, trainable shift block, compound loss.
+
+One optimiser step:
+  1. take ``batch_size`` objects (default 4) of a seeded per-epoch permutation of all training
+     objects (an epoch = every object once);
+  2. for each object draw ``points_per_object`` (default 10) clicks uniformly inside its ground
+     truth -- a uniformly chosen mask pixel plus a uniform sub-pixel offset, i.e. uniform over the
+     object's area ("the user clicks anywhere on the instrument");
+  3. refine every click with the shift block (``RPSAM2Predictor.refine``), decode the refined
+     clicks with frozen SAM2 in one decoder call per image size, keep the mask SAM2 itself would
+     return for one click (``multimask=True``, best predicted IoU: what the backend serves; the
+     gradient flows through the chosen mask's logits into the refined coordinates);
+  4. L = α·Dice + β·Dist + γ·Out (``trainer.shift.losses.CompoundLoss``) at the original resolution,
+     against the object's candidate set G (``trainer.shift.candidates``), averaged over all clicks;
+  5. AdamW step with gradient-norm clipping.
+
+Validation (after each epoch, or every ``val_every`` steps; with a ``steps`` budget and no
+``val_every``, at most 50 times per run): mDSC of single clicks on the validation objects --
+``val_seeds`` prompts per object drawn with ``trainer.prompts.sample_points`` (seeded by object
+id, identical across epochs and runs), each placed at its pixel centre, refined, decoded as one
+click, scored with ``trainer.scores.dice``; mean over seeds of the per-seed mean over objects
+(the §3.3 protocol).  Plain SAM2 on the same prompts is scored once as the baseline.  The
+checkpoint with the best validation mDSC is kept (without validation data: the last one).
+``cand_dist`` columns: mean Euclidean distance, in normalised image coordinates, of the refined
+clicks to their object's nearest candidate.
+
+Precision: on CUDA the shift block and SAM2's prompt encoder/decoder run under bf16 autocast
+(``amp``); the losses, validation and candidates are computed in float32.
+
+Determinism: every random draw comes from ``numpy.random.default_rng([seed, ...])`` keyed by
+(epoch) for the order and (step, object) for the clicks, the shift block is initialised under
+``torch.manual_seed(seed)`` and dropout is 0, so a run is a function of its seed, and a resumed
+run continues exactly where it stopped (up to floating-point non-determinism of the device).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from rpsam2_backend.engine.features import ImageFeatures
+from rpsam2_backend.engine.modeling.shift_block import ShiftBlock
+from rpsam2_backend.engine.predictor import RPSAM2Predictor
+from rpsam2_backend.engine.sam2_engine import SAM2Engine
+from trainer.feature_cache import FeatureCache
+from trainer.prompts import click_points
+from trainer.scores import dice as dice_score
+from trainer.shift.candidates import nearest_candidate_distance
+from trainer.shift.config import TrainConfig
+from trainer.shift.losses import CompoundLoss, LossTerms
+from trainer.shift.objects import TrainObject, validation_points
+
+MAX_STEP_VALIDATIONS = 50  # with --steps and no val_every: validate at most this often
+
+
+class ShiftBlockTrainer:
+    """The loop of ``train_shift_block``; kept as an object so tests can step it and inspect it."""
+
+    def __init__(
+        self,
+        engine: SAM2Engine,
+        config: TrainConfig,
+        train_objects: Sequence[TrainObject],
+        val_objects: Sequence[TrainObject],
+        features: FeatureCache,
+        block: ShiftBlock | None = None,
+    ) -> None:
+        if not train_objects:
+            raise ValueError("no training objects (empty dataset, or only empty masks)")
+        self.engine = engine
+        self.config = config
+        self.device = engine.device
+        self.train_objects = list(train_objects)
+        self.val_objects = list(val_objects)
+        self.features = features
+        if block is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(config.seed)
+                block = ShiftBlock(config.shift)
+        self.block = block.to(self.device)
+        self.predictor = RPSAM2Predictor(engine)
+        self.loss_fn = CompoundLoss(config.alpha, config.beta, config.gamma, config.theta)
+        self.optimizer = torch.optim.AdamW(
+            self.block.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
+        self.steps_per_epoch = math.ceil(len(self.train_objects) / config.batch_size)
+        self.total_steps = config.steps or config.epochs * self.steps_per_epoch
+        if config.val_every:
+            self.val_interval = config.val_every
+        elif config.steps is None:
+            self.val_interval = self.steps_per_epoch
+        else:  # a step budget on a tiny dataset: each epoch would be a handful of steps
+            self.val_interval = max(self.steps_per_epoch, math.ceil(self.total_steps / MAX_STEP_VALIDATIONS))
+        self.step = 0
+        self.pending_steps: list[dict[str, float]] = []  # rows not yet appended to steps.csv
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {"val_mdsc": None, "step": 0, "epoch": 0}
+        self.baseline_mdsc: float | None = None
+        self._val_points = validation_points(self.val_objects, config.val_seeds)
+        self._autocast = config.amp and self.device.type == "cuda"
+
+    # --- features ------------------------------------------------------------------------------
+    def _features(self, obj: TrainObject) -> ImageFeatures:
+        try:
+            return self.features.get(None, obj.image_hash)
+        except KeyError:  # evicted from memory and no disk cache: encode again
+            return self.features.get(obj.sample.load_image(), obj.image_hash)
+
+    def _amp(self) -> contextlib.AbstractContextManager:
+        if self._autocast:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # --- one step ------------------------------------------------------------------------------
+    def batch_for_step(self, step: int) -> list[int]:
+        epoch, index = divmod(step, self.steps_per_epoch)
+        order = np.random.default_rng([self.config.seed, epoch]).permutation(len(self.train_objects))
+        bs = self.config.batch_size
+        return [int(i) for i in order[index * bs : (index + 1) * bs]]
+
+    def forward_objects(
+        self, objects: Sequence[TrainObject], points: Sequence[np.ndarray]
+    ) -> list[tuple[LossTerms, torch.Tensor, int, list[torch.Tensor]]]:
+        """Refine, decode and score clicks; one refine + one decoder call per image size.
+
+        Returns per group: loss terms, refined normalised points, number of clicks, their candidate sets."""
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, o in enumerate(objects):
+            groups.setdefault(o.orig_hw, []).append(i)
+        out = []
+        for hw, members in groups.items():
+            counts = [len(points[i]) for i in members]
+            feats = [self._features(objects[i]) for i in members]
+            if len(members) == 1 or len({objects[i].image_hash for i in members}) == 1:
+                batch = feats[0]  # one image: the decoder repeats it itself
+            else:
+                batch = _stack_features(feats, counts, hw)
+            clicks = torch.from_numpy(np.concatenate([points[i] for i in members])).float().to(self.device)
+            n = clicks.shape[0]
+            with self._amp():
+                refined_px = self.predictor.refine(batch, clicks, self.block)
+                low_res, iou = self.engine.decode_logits(
+                    batch, refined_px[:, None, :], torch.ones(n, 1, dtype=torch.int), self.config.multimask
+                )
+            rows = torch.arange(n, device=low_res.device)
+            chosen = low_res[rows, iou.argmax(dim=1)][:, None].float()
+            logits = self.engine.upsample(chosen, hw)[:, 0]
+            gt = torch.cat(
+                [
+                    torch.from_numpy(objects[i].mask()).to(self.device)[None].expand(c, -1, -1)
+                    for i, c in zip(members, counts, strict=True)
+                ]
+            )
+            size = torch.tensor([hw[1], hw[0]], dtype=torch.float32, device=self.device)
+            refined = refined_px.float() / size
+            cands = [
+                objects[i].candidates_norm().to(self.device)
+                for i, c in zip(members, counts, strict=True)
+                for _ in range(c)
+            ]
+            terms = self.loss_fn(logits, gt, refined, cands)
+            out.append((terms, refined, n, cands))
+        return out
+
+    def train_step(self, clicks: Sequence[np.ndarray] | None = None) -> dict[str, float]:
+        """One optimiser step at ``self.step``; returns its logged values.
+
+        ``clicks``: (n, 2) pixel clicks per object of this step's batch instead of random ones
+        (tests overfit a fixed set of clicks with it)."""
+        cfg = self.config
+        indices = self.batch_for_step(self.step)
+        objects = [self.train_objects[i] for i in indices]
+        if clicks is None:
+            clicks = [
+                click_points(o.mask(), np.random.default_rng([cfg.seed, self.step, i]), cfg.points_per_object)
+                for o, i in zip(objects, indices, strict=True)
+            ]
+        elif len(clicks) != len(objects):
+            raise ValueError(f"{len(clicks)} click sets for a batch of {len(objects)} objects")
+        points = [np.asarray(c, dtype=np.float64).reshape(-1, 2) for c in clicks]
+        self.block.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        total_points = sum(len(p) for p in points)
+        sums = {"loss": 0.0, "dice": 0.0, "distance": 0.0, "outside": 0.0, "cand_dist": 0.0}
+        for terms, refined, n, cands in self.forward_objects(objects, points):
+            weight = n / total_points
+            (terms.total * weight).backward()
+            for k, v in terms.as_floats().items():
+                sums[k] += v * weight
+            with torch.no_grad():
+                sums["cand_dist"] += float(nearest_candidate_distance(refined, cands).mean()) * weight
+        grad_norm = self._clip()
+        self.optimizer.step()
+        self.step += 1
+        row = {"step": self.step, "epoch": self.step / self.steps_per_epoch, **sums,
+               "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": grad_norm}
+        self.pending_steps.append(row)
+        return row
+
+    def _clip(self) -> float:
+        params = [p for p in self.block.parameters() if p.grad is not None]
+        if not params:
+            return 0.0
+        if self.config.grad_clip > 0:
+            return float(torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip))
+        return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+
+    # --- validation ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self, block: ShiftBlock | None) -> dict[str, float | None]:
+        """mDSC over the fixed validation prompts (and mean distance to the nearest candidate)."""
+        if not self.val_objects or self.config.val_seeds == 0:
+            return {"mdsc": None, "cand_dist": None}
+        if block is not None:
+            block.eval()
+        per_seed = np.zeros((self.config.val_seeds, len(self.val_objects)))
+        dists = []
+        for j, (o, pts) in enumerate(zip(self.val_objects, self._val_points, strict=True)):
+            feats = self._features(o)
+            clicks = torch.from_numpy(pts).float().to(self.device)
+            refined = self.predictor.refine(feats, clicks, block) if block is not None else clicks
+            masks, _ = self.engine.decode_masks(
+                feats, refined[:, None, :], torch.ones(len(pts), 1, dtype=torch.int), self.config.multimask
+            )
+            gt = o.mask()
+            per_seed[:, j] = [dice_score(m, gt) for m in masks]
+            size = torch.tensor([o.orig_hw[1], o.orig_hw[0]], dtype=torch.float32)
+            dists.append(nearest_candidate_distance(refined.cpu().float() / size, [o.candidates_norm()] * len(pts)))
+        return {
+            "mdsc": float(per_seed.mean(axis=1).mean()),
+            "cand_dist": float(torch.cat(dists).mean()),
+        }
+
+    # --- resume ----------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "format": 1,
+            "step": self.step,
+            "block": self.block.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "config": json.dumps(self.config.to_dict()),
+            "history": json.dumps(self.history),
+            "best": json.dumps(self.best),
+            "baseline_mdsc": json.dumps(self.baseline_mdsc),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        saved = TrainConfig.from_dict(json.loads(state["config"]))
+        if saved.shift != self.config.shift:
+            raise ValueError(
+                f"cannot resume: the checkpoint's shift block {saved.shift} differs from {self.config.shift}"
+            )
+        self.block.load_state_dict(state["block"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.history = json.loads(state["history"])
+        self.best = json.loads(state["best"])
+        self.baseline_mdsc = json.loads(state["baseline_mdsc"])
+
+
+def _stack_features(feats: Sequence[ImageFeatures], counts: Sequence[int], hw: tuple[int, int]) -> ImageFeatures:
+    """One row of features per click (image i repeated counts[i] times) for a multi-image decoder call."""
+
+    def stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([t.repeat_interleave(n, 0) for t, n in zip(tensors, counts, strict=True)])
+
+    levels = range(len(feats[0].high_res_feats))
+    return ImageFeatures(
+        stack([f.image_embed for f in feats]), [stack([f.high_res_feats[k] for f in feats]) for k in levels], hw
+    )
+
