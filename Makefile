@@ -72,8 +72,10 @@ test: venv ls-venv system-deps browser-deps
 test-fast: venv system-deps
 	$(BIN)/python -m pytest -m "not labelstudio and not browser and not slow"
 
+# ruff, and the architecture's import rule (contracts in pyproject.toml; see README "Architecture").
 lint: venv
-	$(BIN)/ruff check rpsam2_backend trainer tests benchmarks
+	$(BIN)/ruff check rpsam2_backend trainer tests benchmarks deploy
+	$(BIN)/lint-imports
 
 bench: venv system-deps
 	$(BIN)/python -m benchmarks.run

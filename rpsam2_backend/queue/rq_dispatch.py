@@ -5,7 +5,7 @@ turns into an HTTP status: 503 when Redis or the worker is gone, 504 when no wor
 RPSAM2_PREDICT_TIMEOUT, the job's own status (4xx bad input, 5xx otherwise) when it raised.
 
 Sticky routing: a click goes to the sticky queue ``<click queue>@<worker>`` of the live worker
-chosen by rendezvous hashing of the image URL (see worker_presence.pick_worker), so the worker
+chosen by rendezvous hashing of the image URL (see queue/presence.pick_worker), so the worker
 that encoded an image gets every later click on it; with no live worker it goes to the shared
 click queue, which every click worker also serves.
 """

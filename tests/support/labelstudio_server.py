@@ -1,7 +1,7 @@
 """A real Label Studio server (label-studio 1.23.2, own venv) for end-to-end tests.
 
 Protocol facts, label-studio 1.23.2, checked against this server with a recording stub backend
-(tests/test_labelstudio_harness.py guards them; source: label_studio/ml/{api_connector,models}.py):
+(tests/integration/labelstudio/test_harness.py guards them; source: label_studio/ml/{api_connector,models}.py):
 
 - Calls to the ML backend carry NO Authorization header (only `User-Agent: heartex/<ver>`), unless
   the backend was added with auth_method=BASIC_AUTH (then HTTP Basic on every call). Timeouts:

@@ -81,7 +81,7 @@ def test_checkpoint_loads_in_the_backend_and_moves_the_click(trained_run, sam2_e
     untrained = ShiftBlock(TWO_LAYERS)
     before = RPSAM2Predictor(sam2_engine, untrained, shift_version="init").segment(None, [click], features=features)
 
-    runtime = Runtime(random_settings.with_(shift_checkpoint=str(out)), engine=sam2_engine)
+    runtime = Runtime(random_settings.with_("model", shift_checkpoint=str(out)), engine=sam2_engine)
     assert runtime.predictor.shift_block is not None
     assert f"shift-{out.name}" in runtime.predictor.version
     served = runtime.predictor.segment(None, [click], features=features)
