@@ -11,9 +11,10 @@ export PATH := $(BIN):$(PATH)
 
 TORCH := torch==2.14.1 torchvision==0.29.1
 SAM2 := sam2==1.1.0
+LABEL_STUDIO_ML := label-studio-ml==1.0.9
 LABEL_STUDIO := label-studio==1.23.2
 
-.PHONY: venv ls-venv redis system-deps browser-deps stack-up stack-down run run-demo worker checkpoints test test-fast lint bench clean
+.PHONY: venv ls-venv redis system-deps browser-deps stack-up stack-down run run-prod run-demo worker checkpoints test test-fast lint bench clean
 
 $(VENV)/.installed: requirements.txt setup.cfg
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +23,8 @@ $(VENV)/.installed: requirements.txt setup.cfg
 	# sam2 is an sdist: build it against the torch above, without its optional CUDA extension.
 	SAM2_BUILD_CUDA=0 $(BIN)/pip install -q --no-build-isolation $(SAM2)
 	$(BIN)/pip install -q -r requirements.txt
+	# Without its 2021 pins (Flask 1.1.2, Werkzeug 2.0.2): requirements.txt lists what it needs.
+	$(BIN)/pip install -q --no-deps $(LABEL_STUDIO_ML)
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
@@ -52,8 +55,15 @@ stack-up: venv system-deps
 stack-down:
 	deploy/stack.sh stop
 
+# The whole set-up: venv, the SAM2 checkpoint the settings name (fetched once, checked), the server.
 run: venv
+	PYTHON=$(BIN)/python deploy/fetch_checkpoint.sh
 	label-studio-ml start rpsam2_backend -p $(PORT)
+
+# The production web server (gunicorn, deploy/gunicorn.conf.py) over the same app.
+run-prod: venv
+	PYTHON=$(BIN)/python deploy/fetch_checkpoint.sh
+	PORT=$(PORT) $(BIN)/gunicorn -c deploy/gunicorn.conf.py
 
 # Random-weight tiny SAM2: the whole path works, the masks are meaningless.  Never for labelling.
 run-demo: venv

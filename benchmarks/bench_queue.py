@@ -1,15 +1,17 @@
-"""Queue overhead: a click through Flask + Redis + ``rpsam2-worker`` vs the bare decoder call.
+"""Queue overhead: a click through HTTP + Redis + ``rpsam2-worker`` vs the bare decoder call.
 
-A: the Label Studio ``/predict`` request of one click, over HTTP to the web app (RQ mode), which
-enqueues the segment job on Redis and waits for the worker's result.  The image is cached on the
-worker (warm-up clicks), so A is decode + everything around it.
-B: the bare decoder call (``RPSAM2Predictor.segment`` on the cached features), timed inside the
-worker for that same click (the job reports it as ``decode_seconds``).
+A: the Label Studio ``/predict`` request of one click, over a kept-alive HTTP connection to the
+production web tier (gunicorn, deploy/gunicorn.conf.py, RQ mode), which enqueues the segment job
+on Redis and waits for the worker's result.  The image is cached on the worker (warm-up clicks),
+so A is decode + everything around it.
+B: the decoder call itself (``RPSAM2Predictor.segment`` on the cached features), timed inside the
+worker for that same click; the response carries it in its ``Server-Timing`` header.
 Overhead = p50 over clicks of (A - B) for the same click: pairing cancels the decode's own
 run-to-run noise (+-5 ms on 2 shared cores), which an unpaired p50(A) - p50(B) carries in full.
-Cross-checks in the split row: the same decoder call in this process on the same features (same
-seeded random weights, pixels and click), and the same click through RQ alone (no HTTP), which
-splits the overhead into queue and web layer.
+Floor: what any such round trip costs on this machine, measured in the same run: one Redis PING
+plus one minimal HTTP request through the same gunicorn (a 404 answered by the app).  The ratio
+overhead / floor compares machines.  Split row: the same click through RQ alone (no HTTP) and
+through the development server (``label-studio-ml start``, werkzeug, no keep-alive).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from benchmarks.common import (
     test_object,
 )
 
-TARGET_MS = 15.0
+TARGET_MS = 10.0
 # Pause before each measured call.  Both processes run torch on the same 2 cores, and a thread
 # pool keeps spinning for a while after its last operation: without a pause the bare decode in
 # this process slows the worker's decode of the next click (and the other way round), which a
@@ -48,6 +50,7 @@ TARGET_MS = 15.0
 IDLE_GAP_S = float(os.environ.get("RPSAM2_BENCH_IDLE_GAP_S", "0.05"))
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 WORKER_BIN = str(Path(sys.executable).with_name("rpsam2-worker"))
+GUNICORN_BIN = str(Path(sys.executable).with_name("gunicorn"))
 WORKER_NAME = "bench"
 START_TIMEOUT_S = 300.0
 LABEL_CONFIG = """
@@ -74,22 +77,16 @@ def _wait(predicate, timeout: float, what: str) -> None:
     raise RuntimeError(f"timed out after {timeout:g} s waiting for {what}")
 
 
-class _Recorder:
-    """The web app's own dispatcher, keeping each click's job result for the benchmark to read."""
-
-    def __init__(self, inner, stack: Stack) -> None:
-        self.inner, self.stack = inner, stack
-
-    def call(self, job: str, payload: dict, routing_key: str | None = None) -> dict:
-        result = self.inner.call(job, payload, routing_key)
-        self.stack.last_result = result
-        return result
-
-    def submit(self, job: str, payload: dict, routing_key: str | None = None) -> None:
-        self.inner.submit(job, payload, routing_key)
-
-    def health(self) -> dict:
-        return self.inner.health()
+def server_timing(header: str) -> dict[str, float]:
+    """``decode;dur=5.1, job;dur=6.0`` -> {"decode": 0.0051, "job": 0.006} (seconds)."""
+    out = {}
+    for part in header.split(","):
+        name, _, params = part.strip().partition(";")
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key == "dur" and name:
+                out[name] = float(value) / 1e3
+    return out
 
 
 class Stack:
@@ -109,7 +106,6 @@ class Stack:
         self.height, self.width = image.shape[:2]
         self.procs: list[subprocess.Popen] = []
         self.http = None
-        self.last_result: dict = {}
         port = _free_port()
         redis_url = f"redis://127.0.0.1:{port}/0"
         self.procs.append(subprocess.Popen(
@@ -135,6 +131,8 @@ class Stack:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RPSAM2_") and k != "REDIS_URL"}
         # the same thread count as the bare side in this process
         env.update(overrides, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(threads))
+        self.env = env
+        self.redis_url = redis_url
         self.log = self.tmp / "worker.log"
         with open(self.log, "wb") as out:
             self.worker = subprocess.Popen([WORKER_BIN, "--name", WORKER_NAME], env=env, stdout=out,
@@ -158,21 +156,34 @@ class Stack:
         from werkzeug.serving import make_server
 
         from rpsam2_backend.web.app import create_app
-        from rpsam2_backend.web.dev_server import KeepAliveRequestHandler
-        from rpsam2_backend.web.state import WebState
 
-        state = WebState(self.settings)
-        state.dispatcher = _Recorder(state.dispatcher, self)
-        app = create_app(self.settings, warm=False, state=state)
-        # The server `label-studio-ml start rpsam2_backend` runs (rpsam2_backend/_wsgi.py).
-        self.http = make_server("127.0.0.1", 0, app, threaded=True, request_handler=KeepAliveRequestHandler)
-        threading.Thread(target=self.http.serve_forever, daemon=True).start()
-        self.base = f"http://127.0.0.1:{self.http.server_port}"
+        port = _free_port()
+        env = {**self.env, "PORT": str(port), "HOST": "127.0.0.1", "WEB_CONCURRENCY": "1", "RPSAM2_WEB_THREADS": "4",
+               "LOG_LEVEL": "warning"}
+        conf = Path(__file__).resolve().parents[1] / "deploy" / "gunicorn.conf.py"
+        with open(self.tmp / "gunicorn.log", "wb") as out:
+            self.procs.insert(0, subprocess.Popen([GUNICORN_BIN, "-c", str(conf)], env=env, stdout=out,
+                                                  stderr=subprocess.STDOUT))
+        self.base = f"http://127.0.0.1:{port}"
         self.session = requests.Session()
-        resp = self.session.post(f"{self.base}/setup", json={"project": "1.1", "schema": LABEL_CONFIG}, timeout=30)
-        resp.raise_for_status()
 
-    def click(self, x_pct: float, y_pct: float) -> dict:
+        def web_up() -> bool:
+            try:
+                return self.session.get(f"{self.base}/health", timeout=2).ok
+            except requests.ConnectionError:
+                return False
+
+        _wait(web_up, START_TIMEOUT_S, "gunicorn")
+        # The development server `label-studio-ml start rpsam2_backend` runs, in this process.
+        self.http = make_server("127.0.0.1", 0, create_app(self.settings, warm=False), threaded=True)
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+        self.dev_base = f"http://127.0.0.1:{self.http.server_port}"
+        for base in (self.base, self.dev_base):
+            resp = self.session.post(f"{base}/setup", json={"project": "1.1", "schema": LABEL_CONFIG}, timeout=30)
+            resp.raise_for_status()
+
+    def click(self, x_pct: float, y_pct: float, base: str | None = None) -> tuple[dict, dict[str, float]]:
+        """(the brush result, the response's Server-Timing in seconds) of one click."""
         item = {
             "type": "keypointlabels", "from_name": "kp", "to_name": "image",
             "original_width": self.width, "original_height": self.height, "is_positive": True,
@@ -180,13 +191,13 @@ class Stack:
         }
         body = {"tasks": [{"id": 1, "data": {"image": self.url}}], "label_config": LABEL_CONFIG,
                 "params": {"context": {"result": [item]}}}
-        resp = self.session.post(f"{self.base}/predict", json=body, timeout=330)
+        resp = self.session.post(f"{base or self.base}/predict", json=body, timeout=330)
         if resp.status_code != 200:
             raise RuntimeError(f"/predict answered {resp.status_code}: {resp.text[:500]}\n{self.tail()}")
         result = resp.json()["results"][0]["result"]
         if not result:
             raise RuntimeError(f"/predict returned no mask: {resp.text[:500]}")
-        return result[0]
+        return result[0], server_timing(resp.headers.get("Server-Timing", ""))
 
     def close(self) -> None:
         if self.http is not None:
@@ -232,6 +243,22 @@ def serialization_ms(mask: np.ndarray, reps: int = 20) -> tuple[float, int]:
     return median(measure(once, reps)) * 1e3, once()
 
 
+def floor_ms(stack: Stack, reps: int) -> tuple[float, float]:
+    """(p50 ms of one Redis PING, p50 ms of one minimal HTTP request through the same gunicorn)."""
+    import redis
+
+    conn = redis.Redis.from_url(stack.redis_url)
+    conn.ping()
+    pings = measure(conn.ping, reps)
+    stack.session.get(f"{stack.base}/floor", timeout=10)
+
+    def minimal() -> None:
+        if stack.session.get(f"{stack.base}/floor", timeout=10).status_code != 404:
+            raise RuntimeError("the floor request must be the app's cheapest answer (a 404)")
+
+    return percentile(pings, 50) * 1e3, percentile(measure(minimal, reps), 50) * 1e3
+
+
 def run(quick: bool = False, clicks: int | None = None) -> list[Row]:
     import torch
 
@@ -253,14 +280,17 @@ def run(quick: bool = False, clicks: int | None = None) -> list[Row]:
 
         dispatcher = RQDispatcher(stack.settings)
         stack.click(*positions[0])  # the worker encodes the image
-        web, in_worker, queued, queued_decode, direct = [], [], [], [], []
+        web, in_worker, dev, dev_decode, queued, queued_decode, direct = [], [], [], [], [], [], []
         for i in range(clicks + 3):  # 3 warm-up rounds
             x, y = positions[i % len(positions)]
             time.sleep(IDLE_GAP_S)
             start = time.perf_counter()
-            stack.click(x, y)
+            _, timing = stack.click(x, y)
             t_web = time.perf_counter() - start
-            web_decode = stack.last_result["decode_seconds"]
+            time.sleep(IDLE_GAP_S)
+            start = time.perf_counter()
+            _, dev_timing = stack.click(x, y, stack.dev_base)
+            t_dev = time.perf_counter() - start
             payload = {"image_url": stack.url, "clicks": [{"x": x, "y": y, "positive": True}]}
             time.sleep(IDLE_GAP_S)
             start = time.perf_counter()
@@ -272,10 +302,13 @@ def run(quick: bool = False, clicks: int | None = None) -> list[Row]:
             t_bare = time.perf_counter() - start
             if i >= 3:
                 web.append(t_web)
-                in_worker.append(web_decode)
+                in_worker.append(timing["decode"])
+                dev.append(t_dev)
+                dev_decode.append(dev_timing["decode"])
                 queued.append(t_queue)
                 queued_decode.append(result["decode_seconds"])
                 direct.append(t_bare)
+        redis_floor, http_floor = floor_ms(stack, 20 if quick else 100)
     finally:
         stack.close()
     noisy_ms, noisy_bytes = serialization_ms(seg.mask)
@@ -287,20 +320,32 @@ def run(quick: bool = False, clicks: int | None = None) -> list[Row]:
     paired = web_a - decode_b
     overhead, overhead_p95 = percentile(paired, 50), percentile(paired, 95)
     rq_over = percentile((np.asarray(queued) - np.asarray(queued_decode)) * ms, 50)
+    dev_over = percentile((np.asarray(dev) - np.asarray(dev_decode)) * ms, 50)
     bare_p50 = percentile(direct, 50) * ms
+    floor = redis_floor + http_floor
     split = Row(
         "  split of that overhead (p50)",
         f"RQ alone (no HTTP) +{rq_over:.1f} ms",
-        f"web layer (HTTP+Flask) +{overhead - rq_over:.1f} ms",
+        f"web layer (HTTP+Flask) +{overhead - rq_over:.1f} ms; dev server +{dev_over:.1f} ms in all",
         f"decode here {bare_p50:.1f} ms",
         "(report)",
         None,
-        {"rq_overhead_p50_ms": rq_over, "web_layer_ms": overhead - rq_over, "bare_here_p50_ms": bare_p50,
-         "unpaired_overhead_p50_ms": web_p50 - bare_p50},
+        {"rq_overhead_p50_ms": rq_over, "web_layer_ms": overhead - rq_over, "dev_server_overhead_p50_ms": dev_over,
+         "bare_here_p50_ms": bare_p50, "unpaired_overhead_p50_ms": web_p50 - bare_p50},
+    )
+    floor_row = Row(
+        "  against this machine's floor",
+        f"Redis PING {redis_floor:.2f} ms + minimal HTTP {http_floor:.2f} ms",
+        f"= {floor:.2f} ms",
+        f"overhead = {overhead / floor:.1f}x the floor",
+        "(report)",
+        None,
+        {"redis_ping_p50_ms": redis_floor, "minimal_http_p50_ms": http_floor, "floor_ms": floor,
+         "overhead_over_floor": overhead / floor},
     )
     return [
         Row(
-            f"queue overhead, {clicks} clicks",
+            f"queue overhead, {clicks} clicks (gunicorn)",
             f"HTTP+Redis+worker p50 {web_p50:.1f} / p95 {web_p95:.1f} ms",
             f"decoder alone p50 {decode_p50:.1f} / p95 {decode_p95:.1f} ms",
             f"+{overhead:.1f} ms p50 (+{overhead_p95:.1f} ms p95)",
@@ -310,6 +355,7 @@ def run(quick: bool = False, clicks: int | None = None) -> list[Row]:
              "overhead_p95_ms": overhead_p95, "clicks": float(clicks)},
         ),
         split,
+        floor_row,
         Row(
             "  of which grows with the RLE",
             f"this mask ({noisy_bytes // 1024} KB RLE) {noisy_ms:.1f} ms",

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The docker-compose stack without Docker, on one machine: redis-server, a click worker, a
-# training worker and the backend (`label-studio-ml start rpsam2_backend`), each in its own
+# training worker and the backend (gunicorn, deploy/gunicorn.conf.py), each in its own
 # process group with a log and a PID file under the run directory.
 #
 #   deploy/stack.sh start | stop | status | restart
@@ -21,10 +21,10 @@ PORT=${PORT:-9090}
 REDIS_PORT=${REDIS_PORT:-6380}
 VENV=${VENV:-.venv}
 START_TIMEOUT=${START_TIMEOUT:-300}
-STOP_TIMEOUT=${STOP_TIMEOUT:-20}
+STOP_TIMEOUT=${STOP_TIMEOUT:-70}  # above gunicorn's graceful timeout: running clicks finish
 mkdir -p "$RUN_DIR"
 RUN_DIR=$(cd "$RUN_DIR" && pwd)
-# `label-studio-ml start` runs `python _wsgi.py` with the first python on PATH.
+# The venv's gunicorn and workers first on PATH.
 case "$VENV" in /*) ;; *) VENV="$ROOT/$VENV" ;; esac
 export PATH="$VENV/bin:$PATH"
 export MODEL_DIR=${MODEL_DIR:-$RUN_DIR/models}
@@ -65,7 +65,7 @@ start() {
   fi
   launch click-worker rpsam2-worker --queues click --name "stack-click-$PORT"
   launch train-worker rpsam2-worker --queues train --name "stack-train-$PORT"
-  launch backend label-studio-ml start rpsam2_backend -p "$PORT" --host "${HOST:-0.0.0.0}"
+  PORT="$PORT" HOST="${HOST:-0.0.0.0}" launch backend gunicorn -c "$ROOT/deploy/gunicorn.conf.py"
   local deadline=$((SECONDS + START_TIMEOUT))
   until health "http://127.0.0.1:$PORT/health"; do
     for name in "${SERVICES[@]}"; do
@@ -88,7 +88,7 @@ stop_one() {
     local deadline=$((SECONDS + STOP_TIMEOUT))
     while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
     if kill -0 "$pid" 2>/dev/null; then kill -KILL -- "-$pid" 2>/dev/null || true; echo "$name: killed"; fi
-    # label-studio-ml runs the server as a child: wait until the whole group is gone.
+    # gunicorn runs its workers as children: wait until the whole group is gone.
     while pgrep -g "$pid" >/dev/null 2>&1 && [ $SECONDS -lt $((deadline + 5)) ]; do sleep 0.2; done
     pkill -KILL -g "$pid" 2>/dev/null || true
     echo "$name: stopped"

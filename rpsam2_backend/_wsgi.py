@@ -1,6 +1,7 @@
 """Entry point of `label-studio-ml start rpsam2_backend` (which runs this file with `python`).
 
-For a production WSGI server use the factory: ``gunicorn 'rpsam2_backend.web.app:create_app_from_env()'``.
+That is werkzeug's development server, for development and for label-studio-ml's users.  In
+production gunicorn serves the same app factory (``deploy/gunicorn.conf.py``, ``make run-prod``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ def main(argv: list[str] | None = None) -> None:
     from rpsam2_backend.core.errors import ConfigError
     from rpsam2_backend.core.settings import get_settings
     from rpsam2_backend.web.app import create_app
-    from rpsam2_backend.web.dev_server import KeepAliveRequestHandler
 
     try:
         app = create_app(get_settings())
@@ -48,8 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.check:
         print("rpsam2-backend: settings and model OK")
         return
-    app.run(host=args.host, port=args.port, debug=args.debug, threaded=True, use_reloader=False,
-            request_handler=KeepAliveRequestHandler)
+    app.run(host=args.host, port=args.port, debug=args.debug, threaded=True, use_reloader=False)
 
 
 if __name__ == "__main__":

@@ -104,3 +104,14 @@ def pytest_collection_modifyitems(config, items) -> None:
             if folder == prefix or folder.startswith(prefix + "/"):
                 for mark in marks:
                     item.add_marker(mark)
+
+
+# Property tests: reproducible in CI (derandomised), no example database in the repository.
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(Path(os.environ.get("TMPDIR", "/tmp")) / "rpsam2-hypothesis"))
+from hypothesis import HealthCheck, settings  # noqa: E402  (after the storage directory is set)
+
+settings.register_profile(
+    "rpsam2", derandomize=True, database=None, deadline=None, max_examples=150,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "rpsam2"))

@@ -40,6 +40,7 @@ def retrain_job_id(project: int | str) -> str:
 PRESENCE_TTL_BEATS = 5  # a worker is dead after missing this many heartbeats
 RQ_WORKER_TTL = 60  # rq's own registration; liveness for routing comes from presence keys
 CLICK_POLL_S = 0.5  # how often a waiting click checks that its worker is still alive
+ROUTING_CACHE_S = 1.0  # how long the web process reuses its list of live click workers
 PREENCODE_TTL_S = 60  # a pre-encode nobody ran within a minute is stale: the annotator moved on
 CLICK_QUEUE_GRACE_S = 5  # a click job outlives the web's wait by this much, then leaves the queue
 RETRAIN_ENQUEUE_LOCK_S = 30  # held only around "clear a finished job, enqueue a new one"

@@ -61,12 +61,16 @@ class ImageSettings:
     max_mb: float = env("RPSAM2_MAX_IMAGE_MB", 64.0)
     max_pixels: int = env("RPSAM2_MAX_IMAGE_PIXELS", 60_000_000, min=1)
     fetch_timeout: float = env("RPSAM2_FETCH_TIMEOUT", 10.0, min=0.1)
+    # Comma-separated host[:port] or CIDR; empty = public addresses only (the LS host is always allowed).
+    allowed_hosts: str = env("RPSAM2_ALLOWED_IMAGE_HOSTS", "")
 
 
 @dataclass(frozen=True)
 class WebSettings:
     basic_auth_user: str = env("BASIC_AUTH_USER", "")
     basic_auth_pass: str = env("BASIC_AUTH_PASS", "", secret=True)
+    max_request_mb: float = env("RPSAM2_MAX_REQUEST_MB", 16.0, min=0.001)
+    max_clicks: int = env("RPSAM2_MAX_CLICKS", 64, min=1)
 
 
 @dataclass(frozen=True)
@@ -173,19 +177,23 @@ class Settings:
         """No Redis configured: jobs run in this process (the embedded default)."""
         return not self.queue.redis_url
 
+    def checkpoint_path(self) -> Path | None:
+        """Where the SAM2 checkpoint should be: RPSAM2_SAM2_CHECKPOINT, else Meta's file name for
+        the config under RPSAM2_CHECKPOINT_DIR (None for a config without a released checkpoint)."""
+        model = self.model
+        if model.sam2_checkpoint:
+            return Path(model.sam2_checkpoint)
+        stem = config_stem(model.sam2_config)
+        return Path(model.checkpoint_dir) / CHECKPOINT_FOR_CONFIG[stem] if stem in CHECKPOINT_FOR_CONFIG else None
+
     def resolved_checkpoint(self) -> str | None:
         """The SAM2 checkpoint to load, or None for random weights (only when allowed).
 
         Raises ConfigError with the download command when no checkpoint is there.
         """
         model = self.model
+        path = self.checkpoint_path()
         stem = config_stem(model.sam2_config)
-        if model.sam2_checkpoint:
-            path: Path | None = Path(model.sam2_checkpoint)
-        elif stem in CHECKPOINT_FOR_CONFIG:
-            path = Path(model.checkpoint_dir) / CHECKPOINT_FOR_CONFIG[stem]
-        else:
-            path = None
         if path is not None and path.is_file():
             return str(path)
         if model.allow_random_weights:

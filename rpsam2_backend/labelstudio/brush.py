@@ -16,12 +16,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from rpsam2_backend.core.errors import BadRequest
+
 # The sdk encoder's fixed parameters: 8-bit words, run-length fields of 3, 4, 8 and 16 bits.
 _WORD_BITS = 8
 _RLE_SIZES = (3, 4, 8, 16)
 _MAX_RUN = 1 << 16
 _FOREGROUND = 255
 
+
+
+class MalformedRLE(BadRequest, ValueError):
+    """Brush RLE that does not decode (a 400 for the web, a ValueError for offline readers)."""
 
 def _pack_tokens(values: np.ndarray, widths: np.ndarray) -> bytes:
     """Concatenate big-endian bit fields (each <= 32 bits) and pad like the sdk.
@@ -169,24 +175,26 @@ def _decode_runs(rle: list[int] | bytes) -> tuple[int, np.ndarray, np.ndarray]:
     and may use other run-length sizes).  The token walk is inherently sequential, so it is a
     tight Python loop reading one 64-bit window per run token; the filling is numpy.
     """
+    if not isinstance(rle, bytes | bytearray | list | tuple):  # bytes(n) would allocate n bytes
+        raise MalformedRLE(f"RLE must be a list of integers 0..255, got {type(rle).__name__}")
     try:
         raw = bytes(rle)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"RLE must be a list of integers 0..255: {exc}") from None
+        raise MalformedRLE(f"RLE must be a list of integers 0..255: {exc}") from None
     if len(raw) < 7:
-        raise ValueError(f"RLE is too short for its header ({len(raw)} bytes, need at least 7)")
+        raise MalformedRLE(f"RLE is too short for its header ({len(raw)} bytes, need at least 7)")
     total = len(raw) * 8
     data = raw + b"\0" * 8
     count = _read_bits(data, 0, 32)
     word_bits = _read_bits(data, 32, 5) + 1
     if word_bits > 8:
-        raise ValueError(f"RLE word size {word_bits} bits is not a byte mask (expected <= 8)")
+        raise MalformedRLE(f"RLE word size {word_bits} bits is not a byte mask (expected <= 8)")
     sizes = [_read_bits(data, 37 + 4 * k, 4) + 1 for k in range(4)]
     word_mask = (1 << word_bits) - 1
     pos = 53
 
-    def ends_early(needed: int) -> ValueError:
-        return ValueError(f"RLE data ends early (needs {needed} bits, has {total})")
+    def ends_early(needed: int) -> MalformedRLE:
+        return MalformedRLE(f"RLE data ends early (needs {needed} bits, has {total})")
 
     # Runs are collected as plain ints and flushed into arrays around each long literal block, so
     # a stream of thousands of runs costs one np.repeat, not thousands of small arrays.
@@ -215,7 +223,7 @@ def _decode_runs(rle: list[int] | bytes) -> tuple[int, np.ndarray, np.ndarray]:
         else:
             pos += 3 + size
             if i + n > count:
-                raise ValueError(f"RLE literal block runs past the {count} declared values")
+                raise MalformedRLE(f"RLE literal block runs past the {count} declared values")
             if pos + n * word_bits > total:
                 raise ends_early(pos + n * word_bits)
             if n < 8:
@@ -243,11 +251,11 @@ def decode_bytes(rle: list[int] | bytes) -> np.ndarray:
 def rle_to_mask(rle: list[int] | bytes, height: int, width: int) -> np.ndarray:
     """Bool (height, width) mask from brush RLE: the alpha channel, nonzero = foreground."""
     if height <= 0 or width <= 0:
-        raise ValueError(f"mask size must be positive, got height={height} width={width}")
+        raise MalformedRLE(f"mask size must be positive, got height={height} width={width}")
     count, values, lengths = _decode_runs(rle)
     expected = height * width * 4
     if count != expected:
-        raise ValueError(
+        raise MalformedRLE(
             f"RLE holds {count} values but a {height}x{width} RGBA mask needs {expected} "
             f"(wrong original_width/original_height?)"
         )

@@ -2,7 +2,9 @@
 
 Label Studio tasks carry image URLs in several shapes:
 
-* ``http(s)://...``: fetched directly; the API token is sent only to the Label Studio host itself
+* ``http(s)://...``: fetched directly if the image host policy allows the host
+  (``labelstudio.host_policy``, RPSAM2_ALLOWED_IMAGE_HOSTS: by default public hosts and Label
+  Studio, never internal addresses); the API token is sent only to the Label Studio host itself
   (never to a third-party server an annotator's task happens to point at).
 * ``/data/upload/<project>/<file>``: uploaded through Label Studio; read from ``RPSAM2_UPLOAD_DIR``
   when the backend shares Label Studio's media volume, otherwise fetched from Label Studio.
@@ -23,6 +25,7 @@ import logging
 import os
 import re
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
@@ -35,6 +38,7 @@ from urllib3.exceptions import ReadTimeoutError
 
 from rpsam2_backend.core.errors import BadRequest, ImageError
 from rpsam2_backend.core.settings import Settings
+from rpsam2_backend.labelstudio.host_policy import BlockedDestination, HostPolicy, guarded_session
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +90,8 @@ class ImageLoader:
         self.max_bytes = int(settings.images.max_mb * 1024 * 1024)
         self.max_pixels = settings.images.max_pixels
         self.timeout = settings.images.fetch_timeout
-        self._session = requests.Session()
+        self.policy = HostPolicy.parse(settings.images.allowed_hosts, self.label_studio_url)
+        self._session = guarded_session(self.policy)
 
     # --- public ---------------------------------------------------------------------------------
     def load(self, url: str) -> LoadedImage:
@@ -163,8 +168,10 @@ class ImageLoader:
     def _header_size(data: bytes, source: str) -> tuple[int, int] | None:
         """(width, height) from the header alone, or None when PIL does not know the format."""
         try:
-            with Image.open(io.BytesIO(data)) as image:
-                return image.size
+            with warnings.catch_warnings():  # PIL warns about every damaged tag; the size is all we read
+                warnings.simplefilter("ignore")
+                with Image.open(io.BytesIO(data)) as image:
+                    return image.size
         except Image.DecompressionBombError as exc:
             raise ImageError(f"image {source} is too large to decode safely: {exc}", status=413) from None
         except Exception:  # unknown or broken header: cv2 gets the final word
@@ -281,6 +288,11 @@ class ImageLoader:
             raise ImageError(
                 f"cannot reach {shown} ({type(exc).__name__}): is the host up and reachable?", status=502
             ) from None
+        except BlockedDestination as exc:
+            raise ImageError(f"refused to fetch {shown}: {exc}", status=403) from None
+        except requests.TooManyRedirects:
+            raise ImageError(f"fetching {shown} was redirected more than {self._session.max_redirects} times",
+                             status=502) from None
         except requests.RequestException as exc:
             raise ImageError(f"fetching {shown} failed: {type(exc).__name__}", status=502) from None
         log.debug("fetched %s (%d bytes)", shown, total)

@@ -6,16 +6,17 @@ the returned mask; the Image objects say which task data key holds the image URL
 
 from __future__ import annotations
 
-import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
+import defusedxml.ElementTree as SafeET
+from defusedxml import DefusedXmlException
+
 from rpsam2_backend.core.errors import BadRequest
 
-# A DOCTYPE is the only way to declare entities; refusing it rules out entity expansion
-# ("billion laughs") and external entities, which stdlib expat would otherwise process.
-_DOCTYPE = re.compile(r"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
 _TRUE = {"true", "1", "yes"}
+# Label Studio's own configs are a few KB; a model object per config is cached, so bound them.
+MAX_CONFIG_CHARS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -91,13 +92,18 @@ def _labels(element: ET.Element) -> tuple[str, ...]:
 
 def parse_label_config(xml: str) -> LabelConfig:
     """Parse a Label Studio labeling config; BadRequest when it is not usable XML."""
-    if not isinstance(xml, str) or not xml.strip():
+    if not isinstance(xml, str):
+        raise BadRequest(f"the labeling config must be XML text, got {type(xml).__name__}")
+    if not xml.strip():
         raise BadRequest("the labeling config is empty")
-    if _DOCTYPE.search(xml):
-        raise BadRequest("the labeling config must not contain a DOCTYPE or ENTITY declaration")
+    if len(xml) > MAX_CONFIG_CHARS:
+        raise BadRequest(f"the labeling config has {len(xml)} characters, more than {MAX_CONFIG_CHARS}")
     try:
-        root = ET.fromstring(xml)
-    except ET.ParseError as exc:
+        # No DTD at all: that rules out entity expansion ("billion laughs") and external entities.
+        root = SafeET.fromstring(xml, forbid_dtd=True)
+    except DefusedXmlException:
+        raise BadRequest("the labeling config must not contain a DOCTYPE or ENTITY declaration") from None
+    except (ET.ParseError, ValueError) as exc:
         raise BadRequest(f"the labeling config is not valid XML: {exc}") from None
 
     brushes: list[BrushControl] = []

@@ -3,8 +3,9 @@
 A click's RLE is tens of thousands of byte values.  As a Python list it costs milliseconds at
 every hop (pickled into Redis, unpickled, then ``json.dumps`` at ~80 ns per int); as ``bytes`` it
 crosses Redis as one string, and its JSON text comes from a 256-entry lookup table in one numpy
-gather.  ``RLEBytes`` marks such a value in a response; ``LabelStudioJSONEncoder`` (the Flask
-app's encoder) writes it as ``[v0,v1,...]``, exactly what ``json.dumps(list(rle))`` would give.
+gather.  ``RLEBytes`` marks such a value in a response; ``LabelStudioJSONEncoder`` (a plain
+``json.JSONEncoder``: the web layer's Flask JSON provider uses it) writes it as ``[v0,v1,...]``,
+exactly what ``json.dumps(list(rle))`` would give.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import json
 import uuid
 
 import numpy as np
-from flask.json import JSONEncoder
 
 
 class RLEBytes(bytes):
@@ -57,8 +57,8 @@ def _swap(obj, raw: dict[str, bytes], tag: str):
     return obj
 
 
-class LabelStudioJSONEncoder(JSONEncoder):
-    """Flask's encoder, plus RLEBytes written as JSON arrays without building a list of ints."""
+class LabelStudioJSONEncoder(json.JSONEncoder):
+    """The standard encoder, plus RLEBytes written as JSON arrays without building a list of ints."""
 
     def encode(self, o) -> str:
         raw: dict[str, bytes] = {}

@@ -29,7 +29,7 @@ from rpsam2_backend.core.errors import (
     ServiceUnavailable,
     from_exception_text,
 )
-from rpsam2_backend.core.names import CLICK_POLL_S, CLICK_QUEUE_GRACE_S, PREENCODE_TTL_S
+from rpsam2_backend.core.names import CLICK_POLL_S, CLICK_QUEUE_GRACE_S, PREENCODE_TTL_S, ROUTING_CACHE_S
 from rpsam2_backend.core.settings import Settings
 from rpsam2_backend.queue.connection import REDIS_ERRORS, connect, mask_url
 from rpsam2_backend.queue.presence import (
@@ -50,6 +50,7 @@ class RQDispatcher:
         self.queue = settings.queue
         self.where = mask_url(self.queue.redis_url)
         self.redis = connect(self.queue.redis_url, self.queue.redis_timeout)
+        self._live: tuple[float, list[str]] = (float("-inf"), [])
 
     # --- Dispatcher protocol ------------------------------------------------------------------
     def call(self, job: str, payload: Any, routing_key: str | None = None) -> Any:
@@ -60,7 +61,9 @@ class RQDispatcher:
 
     def submit(self, job: str, payload: Any, routing_key: str | None = None) -> None:
         try:
-            queue, _, _ = self._route(routing_key)
+            queue, _, live = self._route(routing_key)
+            if live == 0:
+                return  # a pre-encode for nobody: the first click gets the 503 that explains it
             Queue(queue, connection=self.redis).enqueue(
                 job,
                 payload,
@@ -108,15 +111,38 @@ class RQDispatcher:
             "clicks work again as soon as it is back"
         )
 
-    def _route(self, routing_key: str | None) -> tuple[str, str | None, int]:
+    def _click_workers(self, fresh: bool = False) -> list[str]:
+        """Names of the live click workers; read from Redis at most every ROUTING_CACHE_S (two
+        round trips per click otherwise), and always fresh when a decision depends on it."""
+        stamp, names = self._live
+        if fresh or time.monotonic() - stamp > ROUTING_CACHE_S:
+            click = self.queue.click_queue
+            names = [w["name"] for w in live_workers(self.redis) if click in w.get("queues", [])]
+            self._live = (time.monotonic(), names)
+        return names
+
+    def _route(self, routing_key: str | None, fresh: bool = False) -> tuple[str, str | None, int]:
         """(queue, chosen worker or None, number of live click workers)."""
+        workers = self._click_workers(fresh)
+        if not workers and not fresh:  # confirm before refusing: a worker may have just started
+            workers = self._click_workers(fresh=True)
         click = self.queue.click_queue
-        workers = [w["name"] for w in live_workers(self.redis) if click in w.get("queues", [])]
         chosen = pick_worker(routing_key, workers) if routing_key else None
         return (sticky_queue(click, chosen) if chosen else click), chosen, len(workers)
 
-    def _enqueue(self, job: str, payload: Any, routing_key: str | None) -> tuple[Job, str, str | None, int]:
-        queue_name, chosen, live = self._route(routing_key)
+    def _no_worker(self) -> ServiceUnavailable:
+        return ServiceUnavailable(
+            f"no rpsam2-worker is serving queue '{self.queue.click_queue}' on {self.where} "
+            f"(start one with `rpsam2-worker`)"
+        )
+
+    def _enqueue(
+        self, job: str, payload: Any, routing_key: str | None, fresh: bool = False
+    ) -> tuple[Job, str, str | None, int]:
+        queue_name, chosen, live = self._route(routing_key, fresh)
+        if live == 0:
+            # Nobody would run it: answer now rather than after RPSAM2_PREDICT_TIMEOUT.
+            raise self._no_worker()
         # One transaction: without a pipeline rq registers the queue in a round trip of its own.
         with self.redis.pipeline() as pipe:
             rq_job = Queue(queue_name, connection=self.redis).enqueue(
@@ -151,7 +177,7 @@ class RQDispatcher:
                 return self._outcome(rq_job, result)
             if self._check_worker(rq_job, queue_name, chosen):
                 log.info("worker %s is gone; click job %s moves to a live worker", chosen, rq_job.id)
-                rq_job, queue_name, chosen, live = self._enqueue(job, payload, routing_key)
+                rq_job, queue_name, chosen, live = self._enqueue(job, payload, routing_key, fresh=True)
 
     def _outcome(self, rq_job: Job, result: Result) -> Any:
         if result.type == Result.Type.SUCCESSFUL:
@@ -208,10 +234,7 @@ class RQDispatcher:
         ahead = Queue(queue_name, connection=self.redis).get_job_position(rq_job.id)
         rq_job.delete(remove_from_queue=True)
         if live == 0:
-            raise ServiceUnavailable(
-                f"no rpsam2-worker is serving queue '{self.queue.click_queue}' on {self.where} "
-                f"(start one with `rpsam2-worker`); the click waited {timeout:g} s"
-            )
+            raise ServiceUnavailable(f"{self._no_worker().message}; the click waited {timeout:g} s")
         raise JobTimeout(
             f"no worker started the click within RPSAM2_PREDICT_TIMEOUT={timeout:g} s: "
             f"{live} worker(s) alive but busy, {ahead or 0} job(s) still ahead of it on '{queue_name}'"

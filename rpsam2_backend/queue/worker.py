@@ -29,7 +29,9 @@ import time
 from typing import Any
 
 import redis
-from rq.job import JobStatus
+from rq.job import Job, JobStatus, Retry
+from rq.results import Result
+from rq.utils import now
 from rq.worker import SimpleWorker
 
 from rpsam2_backend.core.contracts import RuntimeStats
@@ -38,6 +40,7 @@ from rpsam2_backend.core.names import (
     LOAD_WORKER_RUNTIME,
     PRESENCE_TTL_BEATS,
     RQ_WORKER_TTL,
+    SEGMENT_JOB,
     WORKER_RUNTIME_STATS,
 )
 from rpsam2_backend.core.settings import Settings
@@ -95,6 +98,19 @@ class RPSAM2Worker(SimpleWorker):
         with self.connection.pipeline(transaction=False) as pipe:
             super().heartbeat(timeout, pipe)
             pipe.execute()
+
+    def _finalize_success(self, job: Job, queue, execution, return_value) -> None:
+        # A click's web request waits only for the result.  rq writes it at the end of its
+        # bookkeeping (heartbeat, dependents WATCH, registries: four round trips and its own
+        # Python); a click's result goes out first, then rq does the rest as usual (which writes
+        # the same value again: the result stream holds it twice, for RPSAM2_RESULT_TTL).
+        if job.func_name == SEGMENT_JOB and not isinstance(return_value, Retry):
+            ttl = job.get_result_ttl(self.default_result_ttl)
+            if ttl != 0:
+                Result.create(job, Result.Type.SUCCESSFUL, ttl=ttl, return_value=return_value,
+                              worker_name=self.name, execution_id=execution.id,
+                              execution_started_at=execution.created_at, execution_ended_at=now())
+        super()._finalize_success(job, queue, execution, return_value)
 
     def execute_job(self, job, queue) -> None:
         self.current_job = job.id

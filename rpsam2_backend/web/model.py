@@ -1,15 +1,13 @@
 """The Label Studio face: Label Studio JSON in, brush RLE results out.  No torch, no method here.
 
-label-studio-ml creates this object per /setup and per request; heavy state lives in the
-runtime (inline) or in the workers (RQ).
+One cheap object per label config (``web.registry``); heavy state lives in the runtime (inline)
+or in the workers (RQ).
 """
 
 from __future__ import annotations
 
 import logging
 from functools import lru_cache
-
-from label_studio_ml.model import LabelStudioMLBase
 
 from rpsam2_backend.core.contracts import PreencodePayload, SegmentPayload, SegmentResult
 from rpsam2_backend.core.errors import BadRequest
@@ -18,6 +16,7 @@ from rpsam2_backend.labelstudio.clicks import ClickRequest, parse_context
 from rpsam2_backend.labelstudio.label_config import LabelConfig, parse_label_config
 from rpsam2_backend.labelstudio.rle_json import RLEBytes
 from rpsam2_backend.labelstudio.tasks import image_url
+from rpsam2_backend.web.label_studio_ml import LabelStudioMLBase
 from rpsam2_backend.web.learning_hook import on_event
 from rpsam2_backend.web.state import get_web_state
 
@@ -34,6 +33,14 @@ def _config(xml: str) -> LabelConfig:
 
 class RPSAM2Model(LabelStudioMLBase):
     TRAIN_EVENTS = TRAIN_EVENTS
+
+    def __init__(self, label_config: str | None = None, **kwargs) -> None:
+        # The base class parses the config with lxml (entity expansion on, errors as bare
+        # Exceptions); ours refuses DTDs and entities and answers 400 with the reason.
+        super().__init__(label_config=None, **kwargs)
+        self.label_config = label_config
+        if label_config is not None:
+            _config(label_config)
 
     @property
     def model_version(self) -> str:

@@ -1,4 +1,4 @@
-"""Our own processes for end-to-end tests: redis-server, `rpsam2-worker`, `label-studio-ml start`.
+"""Our own processes for end-to-end tests: redis-server, `rpsam2-worker`, `label-studio-ml start`, gunicorn.
 
 Each runs as the user would run it (real console scripts, real ports on loopback), in its own
 process group with a log file, and is stopped with its whole group so nothing outlives a test.
@@ -132,6 +132,13 @@ def start_worker(log_dir: Path, env: Mapping[str, str], queues: str = "click", n
 def start_backend(log_dir: Path, env: Mapping[str, str], port: int) -> tuple[Proc, str]:
     command = [str(VENV_BIN / "label-studio-ml"), "start", "rpsam2_backend", "-p", str(port), "--host", "127.0.0.1"]
     return spawn("backend", command, log_dir, env), f"http://127.0.0.1:{port}"
+
+
+def start_gunicorn(log_dir: Path, env: Mapping[str, str], port: int) -> tuple[Proc, str]:
+    """The production web tier: gunicorn with deploy/gunicorn.conf.py, as make run-prod starts it."""
+    command = [str(VENV_BIN / "gunicorn"), "-c", str(REPO_ROOT / "deploy" / "gunicorn.conf.py")]
+    env = {**env, "PORT": str(port), "HOST": "127.0.0.1"}
+    return spawn("gunicorn", command, log_dir, env), f"http://127.0.0.1:{port}"
 
 
 def backend_health(url: str) -> dict | None:

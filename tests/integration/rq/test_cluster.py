@@ -175,14 +175,19 @@ def test_job_errors_reach_http_and_the_failed_registry_with_failure_ttl(cluster)
     assert crash.value.status == 500 and "AttributeError" in crash.value.message
 
 
-def test_click_with_no_worker_on_its_queue_fails_within_the_timeout(cluster):
-    lonely = RQDispatcher(cluster.settings.with_("queue", click_queue="rpsam2-nobody", predict_timeout=2.0))
+def test_click_with_no_worker_on_its_queue_gets_503_at_once(cluster):
+    timeout = 60.0
+    lonely = RQDispatcher(cluster.settings.with_("queue", click_queue="rpsam2-nobody", predict_timeout=timeout))
+    jobs_before = set(cluster.conn.scan_iter("rq:job:*"))
     started = time.monotonic()
     with pytest.raises(ServiceUnavailable) as err:
         lonely.call(SEGMENT_JOB, {"image_url": cluster.images[0], "clicks": [{"x": 5, "y": 5}]}, "k")
-    assert time.monotonic() - started < 4.0
+    assert time.monotonic() - started < timeout  # it did not wait for RPSAM2_PREDICT_TIMEOUT
     assert "no rpsam2-worker is serving queue 'rpsam2-nobody'" in err.value.message
-    # The job was taken back: a worker arriving later does not run a click nobody waits for.
+    # Nothing was enqueued: no job a late worker could run, nothing that waited.
+    assert Queue("rpsam2-nobody", connection=cluster.conn).count == 0
+    assert set(cluster.conn.scan_iter("rq:job:*")) == jobs_before
+    lonely.submit(PREENCODE_JOB, {"image_url": cluster.images[0]}, "k")  # a pre-encode for nobody is dropped
     assert Queue("rpsam2-nobody", connection=cluster.conn).count == 0
 
 

@@ -88,7 +88,7 @@ def test_gpu_worker_reserves_an_nvidia_gpu() -> None:
 def test_compose_commands_use_existing_console_scripts_and_queues() -> None:
     services = _compose()["services"]
     scripts = _console_scripts() | {"label-studio-ml"}
-    assert services["backend"]["command"][:3] == ["label-studio-ml", "start", "rpsam2_backend"]
+    assert services["backend"]["command"] == ["gunicorn", "-c", "deploy/gunicorn.conf.py"]
     for name in ("gpu-worker", "train-worker"):
         command = services[name]["command"]
         assert command[0] in scripts
@@ -132,11 +132,26 @@ def test_dockerfile_installs_with_make_venv_and_bakes_no_checkpoints_by_default(
     # The Makefile's venv recipe builds sam2 without its CUDA extension; the Dockerfile documents it.
     assert "SAM2_BUILD_CUDA=0" in (REPO_ROOT / "Makefile").read_text() and "SAM2_BUILD_CUDA=0" in text
     cmd = re.search(r"^CMD (.*)$", text, re.MULTILINE).group(1)
-    assert cmd.startswith('["label-studio-ml", "start", "rpsam2_backend"')
+    assert cmd == '["gunicorn", "-c", "deploy/gunicorn.conf.py"]'
+
+
+def test_gunicorn_config_serves_the_app_factory_without_preload_or_query_strings() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gunicorn_conf", DEPLOY / "gunicorn.conf.py")
+    conf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conf)
+    module, _, factory = conf.wsgi_app.partition(":")
+    assert factory == "create_app_from_env()"
+    assert callable(getattr(importlib.import_module(module), factory.removesuffix("()")))
+    assert conf.worker_class == "gthread" and conf.preload_app is False
+    assert "%(U)s" in conf.access_log_format and "%(r)s" not in conf.access_log_format  # no query strings
+    assert "stack.sh" in (REPO_ROOT / "Makefile").read_text() and "gunicorn" in (DEPLOY / "stack.sh").read_text()
+    assert "run-prod:" in (REPO_ROOT / "Makefile").read_text()
 
 
 def test_shell_scripts_parse() -> None:
-    for script in ("stack.sh", "gpu_smoke.sh", "download_checkpoints.sh"):
+    for script in ("stack.sh", "gpu_smoke.sh", "download_checkpoints.sh", "fetch_checkpoint.sh"):
         path = DEPLOY / script
         assert os.access(path, os.X_OK), f"{script} is not executable"
         subprocess.run(["bash", "-n", str(path)], check=True)

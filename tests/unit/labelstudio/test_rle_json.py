@@ -9,11 +9,11 @@ import uuid
 import numpy as np
 import pytest
 from flask import Flask, jsonify
-from flask.json import JSONEncoder
 from label_studio_sdk.converter import brush as sdk
 
 from rpsam2_backend.labelstudio.brush import mask_to_rle_bytes
 from rpsam2_backend.labelstudio.rle_json import LabelStudioJSONEncoder, RLEBytes, rle_json
+from rpsam2_backend.web.json_provider import LabelStudioJSONProvider
 
 RNG = np.random.default_rng(20240612)
 COMPACT = (",", ":")  # what Flask's jsonify uses unless pretty printing is on
@@ -135,7 +135,7 @@ def test_encoded_response_is_byte_identical_to_encoding_lists(separators) -> Non
 
 def test_jsonify_in_an_app_writes_the_same_body_as_for_lists() -> None:
     app = Flask(__name__)
-    app.json_encoder = LabelStudioJSONEncoder
+    app.json = LabelStudioJSONProvider(app)
     rles = _rles()
     with app.app_context():
         body = jsonify(_response(rles)).get_data(as_text=True)
@@ -175,11 +175,20 @@ def test_strings_that_look_like_placeholders_are_left_alone() -> None:
 
 
 def test_flask_defaults_still_apply() -> None:
-    assert issubclass(LabelStudioJSONEncoder, JSONEncoder)
+    assert issubclass(LabelStudioJSONEncoder, json.JSONEncoder)
+    provider = LabelStudioJSONProvider(Flask(__name__))
     ident = uuid.UUID("12345678-1234-5678-1234-567812345678")
     when = datetime.datetime(2024, 6, 12, 8, 30, tzinfo=datetime.UTC)
-    value = {"id": ident, "when": when, "rle": RLEBytes(b"\x07")}
-    loaded = json.loads(json.dumps(value, cls=LabelStudioJSONEncoder))
-    assert loaded == {"id": str(ident), "when": "Wed, 12 Jun 2024 08:30:00 GMT", "rle": [7]}
+    value = {"id": ident, "when": when, "rle": RLEBytes(b"\x07"), "raw": b"\x01\x02"}
+    loaded = json.loads(provider.dumps(value))
+    assert loaded == {"id": str(ident), "when": "Wed, 12 Jun 2024 08:30:00 GMT", "rle": [7], "raw": [1, 2]}
     with pytest.raises(TypeError):
-        json.dumps({"x": object()}, cls=LabelStudioJSONEncoder)
+        provider.dumps({"x": object()})
+
+
+@pytest.mark.parametrize("text", ["[NaN]", "[Infinity]", "[-Infinity]", "[1e999]", "[" * 100_000])
+def test_the_provider_refuses_json_the_standard_parser_lets_through(text: str) -> None:
+    provider = LabelStudioJSONProvider(Flask(__name__))
+    with pytest.raises(ValueError):
+        provider.loads(text)
+    assert provider.loads('{"x": [1.5, -2e3, null]}') == {"x": [1.5, -2000.0, None]}

@@ -144,3 +144,63 @@ def test_images_come_from_the_host_and_token_that_setup_announced(backend, voc):
         assert seen and seen[0] == ("/data/upload/1/abc-voc.png", "Token setup-token")
     finally:
         server.shutdown()
+
+
+def test_an_unexpected_error_answers_500_with_a_request_id_and_logs_the_traceback(backend, monkeypatch, caplog):
+    from rpsam2_backend.web.model import RPSAM2Model
+
+    client, _ = backend
+
+    def explode(self, tasks, **kwargs):
+        raise RuntimeError("secret detail in /opt/app/secret_module.py")
+
+    monkeypatch.setattr(RPSAM2Model, "predict", explode)
+    with caplog.at_level("ERROR", logger="rpsam2_backend.web.errors"):
+        resp = client.post("/predict", json=predict_body([click(30.0, 30.0)]), headers={"X-Request-Id": "req-77"})
+    assert resp.status_code == 500
+    body = resp.get_json()
+    assert body == {"status": 500, "request_id": "req-77",
+                    "detail": "internal error; the server log has the details under request id req-77"}
+    assert b"secret" not in resp.data and b"Traceback" not in resp.data
+    record = next(r for r in caplog.records if "req-77" in r.getMessage())
+    assert record.exc_info and "secret detail" in str(record.exc_info[1])  # the operator has it all
+
+
+def test_errors_are_json_for_routing_and_basic_auth(backend, random_settings, sam2_engine):
+    from rpsam2_backend.jobs.runtime import Runtime, set_runtime
+    from rpsam2_backend.web.app import create_app
+
+    client, _ = backend
+    assert client.get("/nope").get_json()["status"] == 404
+    resp = client.get("/predict")
+    assert resp.status_code == 405 and resp.get_json()["status"] == 405 and "POST" in resp.headers["Allow"]
+    assert client.post("/train", json={}).status_code == 410
+
+    guarded = random_settings.with_("web", basic_auth_user="ann", basic_auth_pass="pw")
+    set_runtime(Runtime(guarded, engine=sam2_engine))
+    try:
+        locked = create_app(guarded, warm=False).test_client()
+        denied = locked.post("/setup", json={"schema": CONFIG})
+        assert denied.status_code == 401 and denied.headers["WWW-Authenticate"].startswith("Basic")
+        assert "BASIC_AUTH_USER" in denied.get_json()["detail"] and denied.get_json()["request_id"]
+        assert locked.get("/health").status_code == 200  # health checks need no credentials
+        assert locked.post("/setup", json={"schema": CONFIG}, auth=("ann", "pw")).status_code == 200
+    finally:
+        set_runtime(backend[1])
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({"project": "1.1", "schema": 42}, "'schema' must be"),
+        ({"project": "1.1", "schema": CONFIG, "hostname": ["x"]}, "'hostname' must be"),
+        ({"project": "1.1", "schema": "<View"}, "not valid XML"),
+        ({"project": "1.1", "schema": '<!DOCTYPE v [<!ENTITY e "x">]><View>&e;</View>'}, "DOCTYPE"),
+        ([1, 2], "JSON object"),
+    ],
+)
+def test_setup_refuses_wrong_types_and_hostile_configs(backend, body, says):
+    client, _ = backend
+    resp = client.post("/setup", json=body)
+    assert resp.status_code == 400 and says in resp.get_json()["detail"], resp.get_json()
+    assert client.post("/setup", json={"project": "1.1", "schema": CONFIG}).status_code == 200

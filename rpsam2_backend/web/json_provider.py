@@ -1,0 +1,46 @@
+"""Flask's JSON for this app: brush RLE bytes written fast, and a parser that refuses what the
+standard one lets through to a 500 (nesting deep enough to exhaust the stack) or into answers
+that are not JSON (NaN and Infinity)."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from flask.json.provider import DefaultJSONProvider
+
+from rpsam2_backend.labelstudio.rle_json import LabelStudioJSONEncoder
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
+class LabelStudioJSONProvider(DefaultJSONProvider):
+    @staticmethod
+    def default(o: Any) -> Any:
+        if isinstance(o, bytes | bytearray):
+            return list(o)
+        return DefaultJSONProvider.default(o)
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        kwargs.setdefault("default", self.default)
+        kwargs.setdefault("ensure_ascii", self.ensure_ascii)
+        kwargs.setdefault("sort_keys", self.sort_keys)
+        return json.dumps(obj, cls=LabelStudioJSONEncoder, **kwargs)
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        kwargs.setdefault("parse_constant", _no_constant)
+        kwargs.setdefault("parse_float", _finite)
+        try:
+            return json.loads(s, **kwargs)
+        except RecursionError:
+            raise ValueError("JSON is nested too deeply") from None
