@@ -224,20 +224,23 @@ def click_positions(gt: np.ndarray, k: int = 5) -> list[tuple[float, float]]:
 
 def serialization_ms(mask: np.ndarray, reps: int = 20) -> tuple[float, int]:
     """(ms, RLE bytes) of the click path's steps whose cost grows with the mask's RLE: encode in
-    the worker, through RQ's result record (pickle + base64) and back, JSON out of the web app,
-    JSON parsed by the client."""
+    the worker, through RQ's result record (pickle + base64, written twice: early for the click
+    and again by rq's bookkeeping) and back, JSON out of the web app (its orjson provider), JSON
+    parsed by the client."""
     import base64
     import json
     import pickle
 
+    import orjson
+
     from rpsam2_backend.labelstudio.brush import mask_to_rle_bytes
-    from rpsam2_backend.labelstudio.rle_json import rle_json
 
     def once() -> int:
         rle = mask_to_rle_bytes(mask)
-        record = base64.b64encode(pickle.dumps({"rle": rle}))
+        for _ in range(2):
+            record = base64.b64encode(pickle.dumps({"rle": rle}))
         back = pickle.loads(base64.b64decode(record))["rle"]
-        json.loads(rle_json(back, ","))
+        json.loads(orjson.dumps({"rle": np.frombuffer(back, np.uint8)}, option=orjson.OPT_SERIALIZE_NUMPY))
         return len(rle)
 
     return median(measure(once, reps)) * 1e3, once()
@@ -361,8 +364,8 @@ def run(quick: bool = False, clicks: int | None = None) -> list[Row]:
             f"this mask ({noisy_bytes // 1024} KB RLE) {noisy_ms:.1f} ms",
             f"object's true shape ({max(1, true_bytes // 1024)} KB) {true_ms:.1f} ms",
             f"~+{overhead - noisy_ms + true_ms:.1f} ms p50 with true-shape masks (estimate)",
-            "(report)",
-            None,
+            f"<= {TARGET_MS:g} ms p50 (estimate)",
+            overhead - noisy_ms + true_ms <= TARGET_MS,
             {"rle_bytes": float(noisy_bytes), "rle_ms": noisy_ms, "true_shape_rle_bytes": float(true_bytes),
              "true_shape_rle_ms": true_ms, "estimated_true_shape_overhead_ms": overhead - noisy_ms + true_ms},
         ),

@@ -133,7 +133,9 @@ def test_encoded_response_is_byte_identical_to_encoding_lists(separators) -> Non
     assert ours == reference
 
 
-def test_jsonify_in_an_app_writes_the_same_body_as_for_lists() -> None:
+def test_jsonify_in_an_app_writes_the_same_json_as_for_lists() -> None:
+    """Same data as Flask's own JSON of plain lists; each RLE as the same compact array text.
+    (The app writes UTF-8 where Flask escapes non-ASCII, and no trailing newline: orjson.)"""
     app = Flask(__name__)
     app.json = LabelStudioJSONProvider(app)
     rles = _rles()
@@ -142,8 +144,9 @@ def test_jsonify_in_an_app_writes_the_same_body_as_for_lists() -> None:
         plain_app = Flask("plain")
         with plain_app.app_context():
             plain = jsonify(_response(rles, wrap=list)).get_data(as_text=True)
-    assert body == plain
-    assert json.loads(body) == _expected(rles)
+    assert json.loads(body) == json.loads(plain) == _expected(rles)
+    for rle in rles:
+        assert json.dumps(list(rle), separators=COMPACT) in body
 
 
 def test_top_level_rle_and_rle_after_a_number_in_a_list() -> None:
@@ -192,3 +195,19 @@ def test_the_provider_refuses_json_the_standard_parser_lets_through(text: str) -
     with pytest.raises(ValueError):
         provider.loads(text)
     assert provider.loads('{"x": [1.5, -2e3, null]}') == {"x": [1.5, -2000.0, None]}
+
+
+def test_app_responses_carry_the_same_json_as_the_standard_encoder() -> None:
+    app = Flask(__name__)
+    app.json = LabelStudioJSONProvider(app)
+    rles = _rles()
+    value = {**_response(rles), "plain": b"\x00\x09", "when": datetime.datetime(2024, 6, 12, tzinfo=datetime.UTC),
+             "id": uuid.UUID("12345678-1234-5678-1234-567812345678")}
+    with app.app_context():
+        body = jsonify(value).get_data()
+    assert json.loads(body) == json.loads(app.json.dumps(value))
+    assert json.loads(body)["plain"] == [0, 9] and json.loads(body)["when"] == "Wed, 12 Jun 2024 00:00:00 GMT"
+    app.debug = True  # people read it: indented, by the standard encoder
+    with app.app_context():
+        pretty = jsonify(value).get_data(as_text=True)
+    assert "\n  " in pretty and json.loads(pretty) == json.loads(body)
