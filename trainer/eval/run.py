@@ -35,7 +35,15 @@ from trainer.datasets.base import Dataset
 from trainer.eval.config import EvalConfig, select_heatmaps
 from trainer.eval.heatmaps import object_heatmap
 from trainer.eval.methods import DecoderState, MethodRunner, MethodSpec
-from trainer.eval.protocol import Table, aggregate, pair_scores, paired_test
+from trainer.eval.protocol import (
+    PAIRING_OBJECT_MEANS,
+    PAIRING_SEED_OBJECT,
+    Table,
+    aggregate,
+    pair_object_means,
+    pair_scores,
+    paired_test,
+)
 from trainer.eval.report import write_outputs
 from trainer.eval.results import EvaluationResult, HeatmapResult, ScoreRow, TableSpec, object_key
 from trainer.feature_cache import FeatureCache
@@ -229,9 +237,13 @@ def _aggregate(
             if name == baseline:
                 continue
             for metric in ("dice", "hd95"):
-                a, b = pair_scores(scores, name, baseline, metric)
-                res = paired_test(a, b, test)
-                paired[spec.key].append({"method": name, "baseline": baseline, "metric": metric, **res,
-                                         "mean_difference": float(np.mean(np.subtract(a, b)))})
+                # Headline: per-object means over seeds (independent units); then every (seed, object).
+                for pairing, pair in ((PAIRING_OBJECT_MEANS, pair_object_means), (PAIRING_SEED_OBJECT, pair_scores)):
+                    a, b = pair(scores, name, baseline, metric)
+                    res = paired_test(a, b, test)
+                    paired[spec.key].append({
+                        "method": name, "baseline": baseline, "metric": metric, "pairing": pairing,
+                        "headline": pairing == PAIRING_OBJECT_MEANS, **res,
+                        "mean_difference": float(np.mean(np.subtract(a, b)))})
     return tables, paired
 

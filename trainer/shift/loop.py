@@ -6,7 +6,8 @@ validation data: the last one) and, at every validation point, the state to resu
 
 Caching: SAM2 is frozen, so image embeddings (``trainer.feature_cache``) and candidate sets
 (``trainer.shift.candidates``) are computed once per image/object and reused from ``cache_dir``
-across epochs and runs.
+across epochs and runs -- except for the training objects of an augmented run (``augment``), whose
+augmented images are encoded, and given candidates, every step; validation always uses the caches.
 
 Resuming takes the block architecture, weights, optimiser state, step and history from
 ``resume.pt``; the other hyper-parameters are those passed in (normally the same).
@@ -101,7 +102,9 @@ def train_shift_block(
     candidates = CandidateGenerator(
         engine, config.grid, config.eps, config.cache_dir, config.candidate_chunk, config.multimask
     )
-    train_objects = prepare_objects(dataset_train, features, candidates, config.progress, "train")
+    # The augmented path encodes and finds candidates per step: nothing to precompute for training.
+    train_objects = prepare_objects(dataset_train, None if config.augment else features,
+                                    None if config.augment else candidates, config.progress, "train")
     val_objects = prepare_objects(dataset_val or [], features, candidates, config.progress, "val")
     summary = {"train": data_summary(train_objects), "val": data_summary(val_objects),
                "train_dataset": getattr(dataset_train, "name", ""), "val_dataset": getattr(dataset_val, "name", "")}
