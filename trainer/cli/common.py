@@ -54,3 +54,64 @@ def run_cli(prog: str, parser: argparse.ArgumentParser, run: Callable, argv: Seq
     except UsageError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def add_training_data_arguments(data: argparse._ArgumentGroup) -> argparse._ArgumentGroup:
+    """The data flags of the commands that train shift blocks (``load_training_data`` reads them)."""
+    from trainer.datasets import FORMATS
+
+    data.add_argument("--data", required=True, help="dataset root (a Label Studio export file for labelstudio)")
+    data.add_argument("--format", required=True, choices=FORMATS, dest="fmt", help="dataset layout")
+    data.add_argument("--train-split", default="train", help="split to train on when the dataset has it")
+    data.add_argument("--val-split", default="val", help="split to validate on when the dataset has it")
+    data.add_argument("--val-fraction", type=float, default=0.2,
+                      help="without a validation split: stratified share of the training samples (0: none)")
+    data.add_argument("--fold", type=int, default=None, help="Cataract-1K fold of the split CSVs (default 0)")
+    return data
+
+
+def load_training_data(args: argparse.Namespace):
+    """(whole dataset, training samples, validation samples) from the flags of ``add_training_data_arguments``.
+
+    Training uses ``--train-split`` when the dataset has it, else every sample outside the validation
+    and ``test`` splits; validation ``--val-split`` when present, else a stratified ``--val-fraction`` of
+    the training samples; ``args.fraction`` (when the command has it) then keeps a stratified share."""
+    from trainer.datasets import load_dataset
+
+    path = Path(args.data).expanduser()
+    if not path.exists():
+        raise UsageError(f"--data {path} does not exist")
+    if not 0.0 <= args.val_fraction < 1.0:
+        raise UsageError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+    options = {}
+    if args.fold is not None:
+        if args.fmt != "cataract1k":
+            raise UsageError("--fold applies to --format cataract1k only")
+        options["fold"] = args.fold
+    try:
+        dataset = load_dataset(path, args.fmt, None, **options)
+    except (FileNotFoundError, ValueError, KeyError, OSError) as exc:
+        raise UsageError(f"cannot load {args.fmt} data from {path}: {exc}") from exc
+
+    if args.train_split in dataset.splits:
+        train, train_how = dataset.split(args.train_split), f"split {args.train_split!r}"
+    else:  # everything but the held-out splits: never train on validation or test images
+        held_out = {k for name in (args.val_split, "test") for k in dataset.splits.get(name, ())}
+        train = dataset.subset(s.sample_id for s in dataset if s.sample_id not in held_out)
+        train_how = "all samples" + (" outside the val/test splits" if held_out else "")
+    if args.val_split in dataset.splits:
+        val = dataset.split(args.val_split)
+        how = f"split {args.val_split!r}"
+    elif args.val_fraction > 0 and len(train) >= 2:
+        val, train = train.stratified_subset(args.val_fraction, args.seed)
+        how = f"stratified {args.val_fraction:.0%} of the training samples"
+    else:
+        val, how = train[:0], "none"
+    fraction = getattr(args, "fraction", None)
+    if fraction is not None and fraction < 1.0:
+        train, _ = train.stratified_subset(fraction, args.seed)
+    if not any(s.objects for s in train):
+        raise UsageError(f"no annotated objects to train on in {path} ({len(train)} training images)")
+    logging.getLogger(__name__).info("data: %d training images (%s), %d validation images (%s)",
+                                     len(train), train_how, len(val), how)
+    return dataset, train, val

@@ -16,6 +16,12 @@ sample outside the validation and ``test`` splits; validation uses ``--val-split
 training samples (0 disables validation; the last checkpoint is then kept).  ``--fraction`` then
 keeps a stratified share of the training samples (the paper's 5-60 % subsets).
 
+``--paper`` sets every knob to the paper's training setting (``PAPER_PRESET``: 1500 epochs, batch 4,
+lr 1e-4 with SAM2's cosine decay to lr/10, AdamW weight decay 0.1 and gradient clip 0.1, SAM2's image
+augmentations, 10 refined clicks per object, 6 layers, s initialised to 0.1, the outside loss only
+for n̂ < 0.5, Hiera-L); any flag given explicitly wins and is listed as an override.  The preset, the
+overrides and the command are printed and written to ``training.json`` ("run").
+
 User mistakes (missing paths, bad values, no SAM2 checkpoint) end with exit status 2 and one line on
 stderr, no traceback.
 """
@@ -23,19 +29,35 @@ stderr, no traceback.
 from __future__ import annotations
 
 import argparse
-import logging
+import json
 import os
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
-from trainer.cli.common import UsageError, add_sam2_arguments, build_engine, run_cli
-from trainer.datasets import FORMATS
+from trainer.cli.common import (
+    UsageError,
+    add_sam2_arguments,
+    add_training_data_arguments,
+    build_engine,
+    load_training_data,
+    run_cli,
+)
 
 PROG = "rpsam2-train"
+HIERA_L = "configs/sam2.1/sam2.1_hiera_l.yaml"
+
+# Knobs with a default and a paper value; the flags default to None so that an explicit flag wins.
+DEFAULTS: dict[str, object] = {
+    "epochs": 50, "batch_size": 4, "points_per_object": 10, "lr": 1e-4, "layers": 6, "eps": 0.005,
+    "weight_decay": 0.1, "grad_clip": 0.1, "lr_schedule": "cosine", "outside_loss": "below_half",
+    "augment": False, "scale_init": 0.1, "scale_init_mode": "raw", "sam2_config": None,
+}
+PAPER_PRESET: dict[str, object] = {
+    **DEFAULTS, "epochs": 1500, "augment": True, "sam2_config": HIERA_L,
+}
 DEFAULT_CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "rpsam2")
 
-log = logging.getLogger(__name__)
 
 
 def _positive_int(text: str) -> int:
@@ -74,28 +96,39 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the RP-SAM2 shift block (paper §3.2) with frozen SAM2 and write a checkpoint "
         "directory the backend loads through RPSAM2_SHIFT_CHECKPOINT.",
     )
-    data = p.add_argument_group("data")
-    data.add_argument("--data", required=True, help="dataset root (a Label Studio export file for labelstudio)")
-    data.add_argument("--format", required=True, choices=FORMATS, dest="fmt", help="dataset layout")
-    data.add_argument("--train-split", default="train", help="split to train on when the dataset has it")
-    data.add_argument("--val-split", default="val", help="split to validate on when the dataset has it")
-    data.add_argument("--val-fraction", type=float, default=0.2,
-                      help="without a validation split: stratified share of the training samples (0: none)")
+    data = add_training_data_arguments(p.add_argument_group("data"))
     data.add_argument("--fraction", type=_fraction, default=None,
                       help="train on a stratified subset with this share of the training samples")
-    data.add_argument("--fold", type=int, default=None, help="Cataract-1K fold of the split CSVs (default 0)")
 
     run = p.add_argument_group("training")
+    run.add_argument("--paper", action="store_true",
+                     help="the paper's setting: 1500 epochs, batch 4, lr 1e-4 cosine to 1e-5, wd 0.1, clip 0.1, "
+                     "SAM2 augmentations, Hiera-L (explicit flags override single values)")
     length = run.add_mutually_exclusive_group()
-    length.add_argument("--epochs", type=_positive_int, default=None, help="epochs (default 50)")
+    length.add_argument("--epochs", type=_positive_int, default=None, help="epochs (default 50; --paper 1500)")
     length.add_argument("--steps", type=_positive_int, default=None, help="optimiser steps instead of epochs")
     run.add_argument("--out", required=True, help="output (checkpoint) directory")
     run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--layers", type=_positive_int, default=6, help="point-to-image attention layers")
-    run.add_argument("--batch-size", type=_positive_int, default=4, help="objects per step")
-    run.add_argument("--points-per-object", type=_positive_int, default=10, help="random clicks per object per step")
-    run.add_argument("--lr", type=_positive_float, default=1e-4)
-    run.add_argument("--eps", type=float, default=0.005, help="candidate tolerance in Dice (0.005 = 0.5 %%)")
+    run.add_argument("--layers", type=_positive_int, default=None, help="point-to-image attention layers (6)")
+    run.add_argument("--batch-size", type=_positive_int, default=None, help="objects per step (4)")
+    run.add_argument("--points-per-object", type=_positive_int, default=None,
+                     help="random clicks per object per step (10)")
+    run.add_argument("--lr", type=_positive_float, default=None, help="peak learning rate (1e-4)")
+    run.add_argument("--lr-schedule", choices=("cosine", "constant"), default=None,
+                     help="cosine: SAM2's per-step decay to lr/10 (default); constant")
+    run.add_argument("--weight-decay", type=float, default=None,
+                     help="AdamW weight decay, not on biases/norms/positional embeddings/scale (0.1)")
+    run.add_argument("--grad-clip", type=float, default=None, help="max gradient norm, 0 = off (0.1)")
+    run.add_argument("--outside-loss", choices=("below_half", "always"), default=None,
+                     help="below_half: penalise only refined points with n̂ < 0.5 (the paper, default); "
+                     "always: -log n̂ for every point")
+    run.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                     help="SAM2's image augmentations, re-encoding every step (default off; --paper on)")
+    run.add_argument("--scale-init", type=float, default=None, help="initial shift scale (0.1)")
+    run.add_argument("--scale-init-mode", choices=("raw", "sigma"), default=None,
+                     help="raw: the parameter s starts at --scale-init (the paper's text, default); "
+                     "sigma: σ(s) does")
+    run.add_argument("--eps", type=float, default=None, help="candidate tolerance in Dice (0.005 = 0.5 %%)")
     run.add_argument("--grid-points", type=_positive_int, default=64, help="about this many grid points per object")
     run.add_argument("--val-seeds", type=int, default=3, help="single-click prompts per validation object")
     run.add_argument("--val-every", type=_positive_int, default=None, help="steps between validations (default: epoch)")
@@ -114,41 +147,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_data(args: argparse.Namespace):
-    from trainer.datasets import load_dataset
-
-    path = Path(args.data).expanduser()
-    if not path.exists():
-        raise UsageError(f"--data {path} does not exist")
-    options = {}
-    if args.fold is not None:
-        if args.fmt != "cataract1k":
-            raise UsageError("--fold applies to --format cataract1k only")
-        options["fold"] = args.fold
-    try:
-        dataset = load_dataset(path, args.fmt, None, **options)
-    except (FileNotFoundError, ValueError, KeyError, OSError) as exc:
-        raise UsageError(f"cannot load {args.fmt} data from {path}: {exc}") from exc
-
-    if args.train_split in dataset.splits:
-        train, train_how = dataset.split(args.train_split), f"split {args.train_split!r}"
-    else:  # everything but the held-out splits: never train on validation or test images
-        held_out = {k for name in (args.val_split, "test") for k in dataset.splits.get(name, ())}
-        train = dataset.subset(s.sample_id for s in dataset if s.sample_id not in held_out)
-        train_how = "all samples" + (" outside the val/test splits" if held_out else "")
-    if args.val_split in dataset.splits:
-        val = dataset.split(args.val_split)
-        how = f"split {args.val_split!r}"
-    elif args.val_fraction > 0 and len(train) >= 2:
-        val, train = train.stratified_subset(args.val_fraction, args.seed)
-        how = f"stratified {args.val_fraction:.0%} of the training samples"
-    else:
-        val, how = train[:0], "none"
-    if args.fraction is not None and args.fraction < 1.0:
-        train, _ = train.stratified_subset(args.fraction, args.seed)
-    if not any(s.objects for s in train):
-        raise UsageError(f"no annotated objects to train on in {path} ({len(train)} training images)")
-    log.info("data: %d training images (%s), %d validation images (%s)", len(train), train_how, len(val), how)
+    _, train, val = load_training_data(args)
     return train, val
+
+
+def resolve_preset(args: argparse.Namespace) -> dict:
+    """Fill the knobs of ``DEFAULTS`` in ``args`` from the preset (``--paper``) or the defaults; returns the
+    run record: preset name, its values and the explicit flags that override them."""
+    preset = PAPER_PRESET if args.paper else DEFAULTS
+    overrides = {}
+    for key, value in preset.items():
+        given = getattr(args, key)
+        if given is None:
+            setattr(args, key, value)
+        elif args.paper and given != value:
+            overrides[key] = given
+    if args.paper and args.steps is not None:
+        overrides["steps"] = args.steps
+    return {"preset": "paper" if args.paper else None, "preset_values": dict(preset) if args.paper else {},
+            "overrides": overrides}
 
 
 def _config(args: argparse.Namespace):
@@ -156,7 +173,7 @@ def _config(args: argparse.Namespace):
     from trainer.shift.candidates import GridSpec
     from trainer.shift.config import TrainConfig
 
-    if not 0.0 <= args.val_fraction < 1.0:
+    if not 0.0 <= args.val_fraction < 1.0:  # load_training_data checks it too; fail before anything loads
         raise UsageError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     if args.eps < 0:
         raise UsageError(f"--eps must be >= 0, got {args.eps}")
@@ -166,16 +183,27 @@ def _config(args: argparse.Namespace):
         value = getattr(args, flag)
         if value is not None and not Path(value).exists():
             raise UsageError(f"--{flag.replace('_', '-')} {value} does not exist")
+    if args.weight_decay < 0 or args.grad_clip < 0:
+        raise UsageError("--weight-decay and --grad-clip must be >= 0")
     cache_dir = None if args.cache_dir.lower() == "none" else str(Path(args.cache_dir).expanduser())
+    try:
+        shift = ShiftBlockConfig(layers=args.layers, scale_init=args.scale_init, scale_init_mode=args.scale_init_mode)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
     return TrainConfig(
-        epochs=args.epochs or 50,
+        epochs=args.epochs,
         steps=args.steps,
         batch_size=args.batch_size,
         points_per_object=args.points_per_object,
         lr=args.lr,
+        weight_decay=args.weight_decay,
+        grad_clip=args.grad_clip,
+        lr_schedule=args.lr_schedule,
+        outside_loss=args.outside_loss,
+        augment=args.augment,
         eps=args.eps,
         grid=GridSpec(target_points=args.grid_points),
-        shift=ShiftBlockConfig(layers=args.layers),
+        shift=shift,
         val_seeds=args.val_seeds,
         val_every=args.val_every,
         seed=args.seed,
@@ -193,7 +221,13 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from rpsam2_backend.core.errors import ConfigError
     from trainer.shift.loop import train_shift_block
 
+    run_record = resolve_preset(args)
     config = _config(args)
+    command = " ".join(shlex.quote(a) for a in [PROG, *argv])
+    run_record["command"] = command
+    if run_record["preset"]:
+        print(json.dumps({"preset": run_record["preset"], "values": run_record["preset_values"],
+                          "overrides": run_record["overrides"]}, default=str))
     train, val = _load_data(args)
     try:
         engine = build_engine(args)
@@ -204,10 +238,9 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a directory")
     try:
-        result = train_shift_block(train, val, engine, config, out, init_from=args.init_from)
+        result = train_shift_block(train, val, engine, config, out, init_from=args.init_from, run_info=run_record)
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(str(exc)) from exc
-    command = " ".join(shlex.quote(a) for a in [PROG, *argv])
     (out / "command.txt").write_text(command + "\n")
     best = "n/a" if result.best_val_mdsc is None else f"{result.best_val_mdsc:.4f}"
     base = "n/a" if result.baseline_val_mdsc is None else f"{result.baseline_val_mdsc:.4f}"

@@ -161,6 +161,10 @@ def wide_table(columns: Sequence[tuple[str, Table, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _millions(n: int) -> str:
+    return f"{n / 1e6:.1f}M"
+
+
 def format_p(p: float | None) -> str:
     if p is None or not math.isfinite(p):
         return "n/a"
@@ -219,8 +223,16 @@ def report_markdown(result: EvaluationResult, methods: Mapping[str, MethodSpec])
         ("Command", f"`{info['command']}`" if info.get("command") else None),
     ]
     out.append("| | |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in setup if v not in (None, "")))
-    out.append("\nMethods:\n")
-    out += [f"- **{spec.label}** (`{name}`): {spec.describe()}\n" for name, spec in methods.items()]
+    params = {name: (info.get("methods") or {}).get(name, {}).get("trainable_parameters") for name in methods}
+    header = {name: f"{labels[name]} ({_millions(params[name])})" if params[name] else labels[name] for name in methods}
+    out.append("\nMethods (trainable parameters: the shift block for RP-SAM2, the mask decoder for SAM2-FT, the "
+               "whole model for SAM2 and for baseline models):\n")
+    out += [f"- **{spec.label}** (`{name}`{', ' + _millions(params[name]) if params[name] else ''}): "
+            f"{spec.describe()}\n" for name, spec in methods.items()]
+    baseline_calls = info.get("baseline_encoder_calls") or {}
+    if baseline_calls:
+        out.append("\nBaseline models encode with their own encoders: "
+                   + ", ".join(f"`{n}` {c} encoder calls" for n, c in baseline_calls.items()) + ".\n")
     out.append("\n## Protocol\n\n" + PROTOCOL_TEXT.format(ddof=STD_DDOF) + "\n\n" + EMPTY_HD95_POLICY + "\n")
 
     table1 = [s for s in result.table_specs if s.key == "table1"]
@@ -228,7 +240,7 @@ def report_markdown(result: EvaluationResult, methods: Mapping[str, MethodSpec])
     for spec in table1:
         table = result.tables[spec.key]
         out.append(f"\n## {spec.title}\n\nMean ± std across {table.n_seeds} seeds.\n\n")
-        out.append(markdown_table(_relabelled(table, labels)))
+        out.append(markdown_table(_relabelled(table, header)))
         out.append("\nPaired tests: the headline p-value (bold) pairs per-object means over the seeds; "
                    "the line below it pairs every (seed, object) (anti-conservative):\n\n")
         out.append(paired_markdown(result.paired[spec.key], labels))
