@@ -108,12 +108,13 @@ def test_cli_split_selection_never_trains_on_val_or_test(tmp_path):
 
 
 def test_paper_preset_sets_the_papers_training(tmp_path):
-    from trainer.cli.train import HIERA_L, _config, build_parser, resolve_preset
+    from trainer.cli.common import HIERA_L, PAPER_PRESET, resolve_preset
+    from trainer.cli.train import _config, build_parser
 
     def config_for(*extra):
         args = build_parser().parse_args(["--data", "d", "--format", "folder", "--out", "o", "--cache-dir", "none",
                                           *extra])
-        record = resolve_preset(args)
+        record = resolve_preset(args, PAPER_PRESET)
         return args, _config(args), record
 
     args, config, record = config_for("--paper")
