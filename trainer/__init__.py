@@ -2,13 +2,14 @@
 
 Layers, each importing only the layers below it (an import-linter contract checks this)::
 
-    cli                                  rpsam2-train / -eval / -retrain / -models
-    retrain                              the retrain job (RQ names it: trainer.retrain.retrain_job)
+    cli                                  rpsam2-train / -eval / -retrain / -models / -pseudo-study / -ablation
+    retrain | studies                    the retrain job (RQ names it: trainer.retrain.retrain_job) | Fig. 4
+                                         experiments (pseudo-label study, ablation)
     pseudo_labels | decoder_ft           pseudo-masks for click-only tasks | SAM2-FT
     eval                                 the paper's evaluation protocol, tables, heatmaps, reports
     shift                                candidates, compound loss, shift-block trainer and run loop
     accepted_labels                      a Label Studio project's accepted labels
-    scores | prompts | feature_cache | datasets
+    scores | prompts | feature_cache | datasets | augment
     io                                   atomic writes, CSV logs, training curves
 
 ``rpsam2_backend`` never imports this package; the backend reaches it only by dotted job name.

@@ -8,12 +8,16 @@ Tasks that already carry a prediction of that version are skipped (a re-run adds
 uploads go in batches of ``batch`` predictions per request.
 
 The masks are also returned as samples, the SAM2-FT step's extra training data.
+
+``pseudo_label_samples`` is the offline counterpart for a dataset with ground truth (the paper's
+Fig. 4(a) experiment): one random click per object, segmented by several predictors (SAM2, RP-SAM2)
+from the same features, the masks kept as new samples.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +28,8 @@ from rpsam2_backend.labelstudio.images import ImageLoader
 from trainer.accepted_labels import LabelStudioClient, ProjectLabels, TaskLabel
 from trainer.datasets.base import ObjectMask, Sample
 from trainer.feature_cache import FeatureCache
+from trainer.prompts import sample_points, stable_hash
+from trainer.scores import dice
 
 log = logging.getLogger(__name__)
 
@@ -123,3 +129,70 @@ def _flush(client: LabelStudioClient, project: str, pending: list[dict], result:
     client.import_predictions(project, pending)
     result.uploaded_tasks += [p["task"] for p in pending]
     pending.clear()
+
+
+def _packed_loader(packed: np.ndarray, shape: tuple[int, int]) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        return np.unpackbits(packed, count=shape[0] * shape[1]).reshape(shape).astype(bool)
+
+    return load
+
+
+@dataclass
+class OfflinePseudoLabels:
+    """Per predictor: the pseudo-labelled samples and the Dice of each pseudo-mask with the ground truth."""
+
+    samples: dict[str, list[Sample]]
+    dice: dict[str, list[float]]
+    clicks: int = 0
+    empty: dict[str, int] = field(default_factory=dict)  # objects whose click gave an empty mask (left out)
+
+    def summary(self) -> dict:
+        return {
+            name: {"objects": sum(len(s.objects) for s in samples), "images": len(samples),
+                   "empty_left_out": self.empty.get(name, 0),
+                   "mean_dice_vs_ground_truth": float(np.mean(self.dice[name])) if self.dice[name] else None}
+            for name, samples in self.samples.items()
+        }
+
+
+def pseudo_label_samples(
+    samples: Sequence[Sample],
+    predictors: Mapping[str, RPSAM2Predictor],
+    features: FeatureCache,
+    seed: int = 0,
+) -> OfflinePseudoLabels:
+    """Pseudo-masks for ``samples`` from one random click per object, one set per predictor.
+
+    The click is a uniformly drawn pixel centre of the object's ground truth, seeded by ``seed`` and the
+    object's key ``sample_id/object_id`` (the same click for every predictor).  Each image is encoded
+    once (``features``) for all predictors.  Masks are kept bit-packed; an empty mask is left out."""
+    out = OfflinePseudoLabels({n: [] for n in predictors}, {n: [] for n in predictors}, 0, {n: 0 for n in predictors})
+    for sample in samples:
+        if not sample.objects:
+            continue
+        image = sample.load_image()
+        feats = features.get(image)
+        per_predictor: dict[str, list[ObjectMask]] = {n: [] for n in predictors}
+        for obj in sample.objects:
+            gt = obj.load()
+            if not gt.any():
+                continue
+            key = f"{sample.sample_id}/{obj.object_id}"
+            col, row = sample_points(gt, np.random.default_rng([seed, stable_hash(key)]), 1)[0]
+            click = PixelClick(float(col) + 0.5, float(row) + 0.5, True)
+            out.clicks += 1
+            for name, predictor in predictors.items():
+                mask = predictor.segment(None, [click], features=feats).mask
+                if not mask.any():
+                    out.empty[name] += 1
+                    continue
+                out.dice[name].append(dice(mask, gt))
+                packed = np.packbits(mask.reshape(-1))
+                per_predictor[name].append(
+                    ObjectMask(obj.object_id, obj.class_name, _packed_loader(packed, mask.shape)))
+        for name, objects in per_predictor.items():
+            if objects:
+                out.samples[name].append(Sample(sample.image_path, objects, sample_id=sample.sample_id,
+                                                image_loader=sample.image_loader, meta=dict(sample.meta)))
+    return out

@@ -17,7 +17,8 @@ RQ job's ``meta["progress"]``:
 5. pseudo     with the passing block: pseudo-masks for click-only tasks, uploaded as predictions
               tagged with the model version that is about to go live (``trainer.pseudo_labels``).
 6. decoder    SAM2-FT on accepted (train split) + pseudo-masks (``RPSAM2_DECODER_FT_STEPS``; 0 skips),
-              gated against the current decoder the same way, stored in the "decoder" store.
+              gated against the current decoder the same way on plain clicks AND on clicks shifted by
+              the passing block (``decoder_gate``: both must pass), stored in the "decoder" store.
 7. promote    only now, after every step succeeded, the passing candidates become live (atomic
               pointer switches; the workers reload them before their next job).
 
@@ -102,9 +103,12 @@ class Progress:
 
 
 def metric_cell(result: EvaluationResult, method: str) -> dict:
+    """The gate's numbers: the "W. Avg." Dice cell -- ``std`` is the paper's ± (count-weighted mean of the
+    class stds across prompts), ``std_of_mean`` the std across prompts of the per-prompt W. Avg."""
     table = result.tables["table1"]
     cell = table.cell(method, WEIGHTED_AVG_ROW, "dice")
-    return {"mdsc": cell.mean, "std": cell.std, "per_seed": {str(k): v for k, v in cell.per_seed.items()}}
+    return {"mdsc": cell.mean, "std": cell.std, "std_of_mean": cell.std_of_mean,
+            "per_seed": {str(k): v for k, v in cell.per_seed.items()}}
 
 
 def gate(live: dict, candidate: dict, min_gain: float, std_tolerance: float) -> tuple[bool, str]:
@@ -118,6 +122,34 @@ def gate(live: dict, candidate: dict, min_gain: float, std_tolerance: float) -> 
     if std_growth > std_tolerance:
         return False, f"std across prompts grew by {std_growth:.4f} > tolerance {std_tolerance:g}: {numbers}"
     return True, f"improved: {numbers}"
+
+
+def decoder_gate(
+    val_ds: Any, engine: SAM2Engine, block: ShiftBlock, decoder_dir: Path, config: EvalConfig, out_dir: Path,
+    features: FeatureCache, min_gain: float, std_tolerance: float,
+) -> tuple[dict, bool, str]:
+    """Gate a SAM2-FT decoder on plain clicks AND on clicks shifted by ``block``, in one evaluation pass.
+
+    The decoder serves both: the shifted first click of RP-SAM2 and every click SAM2 decodes as given
+    (later clicks, negative clicks, a backend without a live shift block).  It is promoted only when
+    ``gate`` passes for both; the metrics of both are recorded."""
+    methods = {
+        "plain_current": MethodSpec("plain, current decoder"),
+        "plain_candidate": MethodSpec("plain, candidate decoder", decoder_dir=decoder_dir),
+        "shifted_current": MethodSpec("shifted, current decoder", shift_block=block),
+        "shifted_candidate": MethodSpec("shifted, candidate decoder", shift_block=block, decoder_dir=decoder_dir),
+    }
+    evaluation = evaluate(val_ds, engine, methods, config, out_dir, feature_cache=features)
+    metrics: dict[str, Any] = {}
+    verdicts = []
+    for clicks in ("plain", "shifted"):
+        live, candidate = metric_cell(evaluation, f"{clicks}_current"), metric_cell(evaluation, f"{clicks}_candidate")
+        ok, reason = gate(live, candidate, min_gain, std_tolerance)
+        metrics[clicks] = {"live": live, "candidate": candidate, "passed": ok, "reason": reason}
+        verdicts.append((clicks, ok, reason))
+    passed = all(ok for _, ok, _ in verdicts)
+    reason = "; ".join(f"{clicks} clicks: {reason}" for clicks, _, reason in verdicts)
+    return metrics, passed, reason
 
 
 # ------------------------------------------------------------------------------------ the job
@@ -254,12 +286,9 @@ def _run(settings: Settings, payload: RetrainPayload, project: str, progress: Pr
             progress("decoder", f"SAM2-FT on {len(train_ds)} accepted + {len(pseudo.samples)} pseudo-labelled images")
             ft_config = DecoderFTConfig(steps=learning.decoder_ft_steps)
             summary = train_decoder([*train_ds, *pseudo.samples], engine, features, ft_config, work / "decoder")
-            methods = {"current": MethodSpec("current", shift_block=candidate_block),
-                       "candidate": MethodSpec("candidate", shift_block=candidate_block, decoder_dir=work / "decoder")}
-            evaluation = evaluate(val_ds, engine, methods, gate_config, work / "eval-decoder", feature_cache=features)
-            dmetrics = {"live": metric_cell(evaluation, "current"), "candidate": metric_cell(evaluation, "candidate")}
-            dok, dreason = gate(dmetrics["live"], dmetrics["candidate"], learning.retrain_min_gain,
-                                learning.retrain_std_tolerance)
+            dmetrics, dok, dreason = decoder_gate(val_ds, engine, candidate_block, work / "decoder", gate_config,
+                                                  work / "eval-decoder", features, learning.retrain_min_gain,
+                                                  learning.retrain_std_tolerance)
             dmeta = {
                 "kind": "decoder", "project": project, "base": decoder_live or None, "shift": shift_name,
                 "job_id": base["job_id"], "hyper_params": ft_config.to_dict(), "metrics": dmetrics,

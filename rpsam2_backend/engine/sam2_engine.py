@@ -6,7 +6,15 @@ encoder, so we call SAM2's modules directly (the same steps ``set_image``/``_pre
 
 Coordinates are continuous pixel coordinates of the original image: pixel (row r, col c) covers
 [c, c+1) x [r, r+1); Label Studio's percent x maps to x/100*W.  SAM2 sees them as (x/W, y/H)*1024
-because its transform resizes to a square without keeping the aspect ratio.
+because its transform resizes to a square without keeping the aspect ratio.  SAM2's prompt
+encoder adds 0.5 to every point ("shift to center of pixel", for integer pixel indices); our
+coordinates are continuous already, so ``to_model_frame`` takes that 0.5 off again and the
+positional encoding sees exactly (x/W, y/H): a click at a pixel centre is shifted once, not twice.
+
+Precision: the prompt encoder's point embeddings (coords @ a Gaussian matrix, then sin/cos of
+2π times that) run in float32 even inside a bf16 autocast region: in bf16 the products lose
+their fractional part at |2π·coords·B| of a few hundred, and training under autocast would see
+other point embeddings than fp32 evaluation.
 """
 
 from __future__ import annotations
@@ -25,8 +33,11 @@ from rpsam2_backend.engine.features import ImageFeatures
 
 log = logging.getLogger(__name__)
 
-# Backbone feature map sizes for a 1024 input (what SAM2ImagePredictor hard-codes too).
-_FEAT_SIZES = [(256, 256), (128, 128), (64, 64)]
+
+def feature_sizes(image_size: int) -> list[tuple[int, int]]:
+    """Backbone feature map sizes (strides 4, 8, 16): [(256,256), (128,128), (64,64)] for 1024,
+    what SAM2ImagePredictor hard-codes; 512-pixel models (MedSAM2, SurgSAM2) get half of that."""
+    return [(image_size // s, image_size // s) for s in (4, 8, 16)]
 
 
 class SAM2Engine:
@@ -40,6 +51,7 @@ class SAM2Engine:
         self.checkpoint = checkpoint
         self.device = torch.device(device)
         self.image_size = int(model.image_size)
+        self._feat_sizes = feature_sizes(self.image_size)
         self._transforms = SAM2Transforms(resolution=self.image_size, mask_threshold=0.0)
         self.encode_count = 0
         self._dense_pe: torch.Tensor | None = None
@@ -81,6 +93,20 @@ class SAM2Engine:
         batch = self._transforms(image)[None].to(self.device)
         return self._encode_tensor(batch, orig_hw)
 
+    @torch.no_grad()
+    def encode_batch(self, images: list[np.ndarray]) -> ImageFeatures:
+        """Encode images of one size in ONE encoder call: features with B = len(images) rows."""
+        if not images:
+            raise ValueError("encode_batch needs at least one image")
+        sizes = {tuple(int(v) for v in im.shape) for im in images}
+        if len(sizes) != 1:
+            raise ValueError(f"encode_batch needs images of one size, got {sorted(sizes)}")
+        (shape,) = sizes
+        if len(shape) != 3 or shape[2] != 3 or shape[0] == 0 or shape[1] == 0:
+            raise ValueError(f"expected RGB images HxWx3, got shape {shape}")
+        batch = torch.stack([self._transforms(im) for im in images]).to(self.device)
+        return self._encode_tensor(batch, (shape[0], shape[1]))
+
     def _encode_tensor(self, batch: torch.Tensor, orig_hw: tuple[int, int]) -> ImageFeatures:
         self.encode_count += batch.shape[0]
         backbone_out = self.model.forward_image(batch)
@@ -90,24 +116,28 @@ class SAM2Engine:
         b = batch.shape[0]
         feats = [
             feat.permute(1, 2, 0).reshape(b, -1, *size)
-            for feat, size in zip(vision_feats[::-1], _FEAT_SIZES[::-1], strict=True)
+            for feat, size in zip(vision_feats[::-1], self._feat_sizes[::-1], strict=True)
         ][::-1]
         return ImageFeatures(feats[-1], feats[:-1], orig_hw)
 
     # ---------------------------------------------------------------------------------------
     def to_model_frame(self, coords_px: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
+        """Continuous pixels of the original image -> what SAM2's prompt encoder takes: the
+        ``image_size`` square frame minus the 0.5 the encoder adds back (module docstring)."""
         h, w = orig_hw
         scale = torch.tensor([self.image_size / w, self.image_size / h], device=coords_px.device)
-        return coords_px * scale
+        return coords_px.float() * scale - 0.5
 
     def point_embeddings(
         self, coords_px: torch.Tensor, labels: torch.Tensor, orig_hw: tuple[int, int]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """SAM2 prompt encoder on points (B,N,2) px -> sparse (B,N+1,256), dense embeddings."""
+        """SAM2 prompt encoder on points (B,N,2) px -> sparse (B,N+1,256), dense embeddings; float32
+        under autocast too (module docstring)."""
         coords = self.to_model_frame(coords_px.to(self.device), orig_hw)
-        return self.model.sam_prompt_encoder(
-            points=(coords, labels.to(self.device, torch.int)), boxes=None, masks=None
-        )
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            return self.model.sam_prompt_encoder(
+                points=(coords.float(), labels.to(self.device, torch.int)), boxes=None, masks=None
+            )
 
     def decode_logits(
         self,
@@ -145,7 +175,8 @@ class SAM2Engine:
         if self._dense_pe is None:
             # A normal tensor even when first asked inside decode_masks' inference mode: an
             # inference tensor could not take part in a training step's autograd graph later.
-            with torch.inference_mode(False), torch.no_grad():
+            # float32 like the point embeddings, even when first asked under autocast.
+            with torch.inference_mode(False), torch.no_grad(), torch.autocast(self.device.type, enabled=False):
                 self._dense_pe = self.model.sam_prompt_encoder.get_dense_pe()
         return self._dense_pe
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -54,3 +55,227 @@ def run_cli(prog: str, parser: argparse.ArgumentParser, run: Callable, argv: Seq
     except UsageError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def add_training_data_arguments(data: argparse._ArgumentGroup) -> argparse._ArgumentGroup:
+    """The data flags of the commands that train shift blocks (``load_training_data`` reads them)."""
+    from trainer.datasets import FORMATS
+
+    data.add_argument("--data", required=True, help="dataset root (a Label Studio export file for labelstudio)")
+    data.add_argument("--format", required=True, choices=FORMATS, dest="fmt", help="dataset layout")
+    data.add_argument("--train-split", default="train", help="split to train on when the dataset has it")
+    data.add_argument("--val-split", default="val", help="split to validate on when the dataset has it")
+    data.add_argument("--val-fraction", type=float, default=0.2,
+                      help="without a validation split: stratified share of the training samples (0: none)")
+    data.add_argument("--fold", type=int, default=None, help="Cataract-1K fold of the split CSVs (default 0)")
+    return data
+
+
+def load_training_data(args: argparse.Namespace):
+    """(whole dataset, training samples, validation samples) from the flags of ``add_training_data_arguments``.
+
+    Training uses ``--train-split`` when the dataset has it, else every sample outside the validation
+    and ``test`` splits; validation ``--val-split`` when present, else a stratified ``--val-fraction`` of
+    the training samples; ``args.fraction`` (when the command has it) then keeps a stratified share."""
+    from trainer.datasets import load_dataset
+
+    path = Path(args.data).expanduser()
+    if not path.exists():
+        raise UsageError(f"--data {path} does not exist")
+    if not 0.0 <= args.val_fraction < 1.0:
+        raise UsageError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+    options = {}
+    if args.fold is not None:
+        if args.fmt != "cataract1k":
+            raise UsageError("--fold applies to --format cataract1k only")
+        options["fold"] = args.fold
+    try:
+        dataset = load_dataset(path, args.fmt, None, **options)
+    except (FileNotFoundError, ValueError, KeyError, OSError) as exc:
+        raise UsageError(f"cannot load {args.fmt} data from {path}: {exc}") from exc
+
+    if args.train_split in dataset.splits:
+        train, train_how = dataset.split(args.train_split), f"split {args.train_split!r}"
+    else:  # everything but the held-out splits: never train on validation or test images
+        held_out = {k for name in (args.val_split, "test") for k in dataset.splits.get(name, ())}
+        train = dataset.subset(s.sample_id for s in dataset if s.sample_id not in held_out)
+        train_how = "all samples" + (" outside the val/test splits" if held_out else "")
+    if args.val_split in dataset.splits:
+        val = dataset.split(args.val_split)
+        how = f"split {args.val_split!r}"
+    elif args.val_fraction > 0 and len(train) >= 2:
+        val, train = train.stratified_subset(args.val_fraction, args.seed)
+        how = f"stratified {args.val_fraction:.0%} of the training samples"
+    else:
+        val, how = train[:0], "none"
+    fraction = getattr(args, "fraction", None)
+    if fraction is not None and fraction < 1.0:
+        train, _ = train.stratified_subset(fraction, args.seed)
+    if not any(s.objects for s in train):
+        raise UsageError(f"no annotated objects to train on in {path} ({len(train)} training images)")
+    logging.getLogger(__name__).info("data: %d training images (%s), %d validation images (%s)",
+                                     len(train), train_how, len(val), how)
+    return dataset, train, val
+
+
+# --- shift-block training flags, shared by rpsam2-train, rpsam2-ablation and rpsam2-pseudo-study ------------
+
+HIERA_L = "configs/sam2.1/sam2.1_hiera_l.yaml"
+DEFAULT_CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "rpsam2")
+
+# Knobs with a default and a paper value; their flags default to None so that an explicit flag wins.
+DEFAULTS: dict[str, object] = {
+    "epochs": 50, "batch_size": 4, "points_per_object": 10, "lr": 1e-4, "layers": 6, "eps": 0.005,
+    "weight_decay": 0.1, "grad_clip": 0.1, "lr_schedule": "cosine", "outside_loss": "below_half",
+    "augment": False, "scale_init": 0.1, "scale_init_mode": "raw", "sam2_config": None,
+}
+# The paper's training (§3.2): 1500 epochs, batch 4, lr 1e-4, SAM2's recipe and augmentations, Hiera-L.
+PAPER_PRESET: dict[str, object] = {**DEFAULTS, "epochs": 1500, "augment": True, "sam2_config": HIERA_L}
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from exc
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from exc
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
+    return value
+
+
+def fraction_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from exc
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {value}")
+    return value
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    return values
+
+
+def add_training_arguments(run: argparse._ArgumentGroup, epochs_help: str) -> argparse._ArgumentGroup:
+    """The shift-block training flags (``training_config`` reads them, after ``resolve_preset``)."""
+    run.add_argument("--paper", action="store_true",
+                     help="the paper's setting: batch 4, lr 1e-4 cosine to 1e-5, wd 0.1, clip 0.1, SAM2 "
+                     "augmentations, Hiera-L, the paper's epochs (explicit flags override single values)")
+    length = run.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=positive_int, default=None, help=epochs_help)
+    length.add_argument("--steps", type=positive_int, default=None, help="optimiser steps instead of epochs")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--layers", type=positive_int, default=None, help="point-to-image attention layers (6)")
+    run.add_argument("--batch-size", type=positive_int, default=None, help="objects per step (4)")
+    run.add_argument("--points-per-object", type=positive_int, default=None,
+                     help="random clicks per object per step (10)")
+    run.add_argument("--lr", type=positive_float, default=None, help="peak learning rate (1e-4)")
+    run.add_argument("--lr-schedule", choices=("cosine", "constant"), default=None,
+                     help="cosine: SAM2's per-step decay to lr/10 (default); constant")
+    run.add_argument("--weight-decay", type=float, default=None,
+                     help="AdamW weight decay, not on biases/norms/positional embeddings/scale (0.1)")
+    run.add_argument("--grad-clip", type=float, default=None, help="max gradient norm, 0 = off (0.1)")
+    run.add_argument("--outside-loss", choices=("below_half", "always"), default=None,
+                     help="below_half: penalise only refined points with n̂ < 0.5 (the paper, default); "
+                     "always: -log n̂ for every point")
+    run.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                     help="SAM2's image augmentations, re-encoding every step (default off; --paper on)")
+    run.add_argument("--scale-init", type=float, default=None, help="initial shift scale (0.1)")
+    run.add_argument("--scale-init-mode", choices=("raw", "sigma"), default=None,
+                     help="raw: the parameter s starts at --scale-init (the paper's text, default); "
+                     "sigma: σ(s) does")
+    run.add_argument("--eps", type=float, default=None, help="candidate tolerance in Dice (0.005 = 0.5 %%)")
+    run.add_argument("--grid-points", type=positive_int, default=64, help="about this many grid points per object")
+    run.add_argument("--val-seeds", type=int, default=3, help="single-click prompts per validation object")
+    run.add_argument("--val-every", type=positive_int, default=None,
+                     help="steps between validations (default: epoch)")
+    run.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    return run
+
+
+def add_cache_arguments(model: argparse._ArgumentGroup) -> None:
+    model.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR,
+                       help=f"embedding + candidate cache (default {DEFAULT_CACHE_DIR}; 'none' for memory only)")
+    model.add_argument("--feature-memory-mb", type=positive_int, default=2048,
+                       help="RAM for image embeddings (8 MB per image); the rest is read from --cache-dir")
+
+
+def resolve_preset(args: argparse.Namespace, paper: dict[str, object]) -> dict:
+    """Fill the knobs of ``DEFAULTS`` in ``args`` from ``paper`` (with ``--paper``) or the defaults; returns
+    the run record: preset name, its values and the explicit flags that override them."""
+    preset = paper if args.paper else DEFAULTS
+    overrides = {}
+    for key, value in preset.items():
+        given = getattr(args, key)
+        if given is None:
+            setattr(args, key, value)
+        elif args.paper and given != value:
+            overrides[key] = given
+    if args.paper and args.steps is not None:
+        overrides["steps"] = args.steps
+    return {"preset": "paper" if args.paper else None, "preset_values": dict(preset) if args.paper else {},
+            "overrides": overrides}
+
+
+def cache_dir_of(args: argparse.Namespace) -> str | None:
+    return None if args.cache_dir.lower() == "none" else str(Path(args.cache_dir).expanduser())
+
+
+def training_config(args: argparse.Namespace):
+    """The ``TrainConfig`` of the training flags (call ``resolve_preset`` first)."""
+    from rpsam2_backend.engine.modeling.shift_block import ShiftBlockConfig
+    from trainer.shift.candidates import GridSpec
+    from trainer.shift.config import TrainConfig
+
+    if not 0.0 <= getattr(args, "val_fraction", 0.0) < 1.0:  # checked again when loading; fail before that
+        raise UsageError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+    if args.eps < 0:
+        raise UsageError(f"--eps must be >= 0, got {args.eps}")
+    if args.val_seeds < 0:
+        raise UsageError(f"--val-seeds must be >= 0, got {args.val_seeds}")
+    if args.weight_decay < 0 or args.grad_clip < 0:
+        raise UsageError("--weight-decay and --grad-clip must be >= 0")
+    try:
+        shift = ShiftBlockConfig(layers=args.layers, scale_init=args.scale_init, scale_init_mode=args.scale_init_mode)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    return TrainConfig(
+        epochs=args.epochs,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        points_per_object=args.points_per_object,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        grad_clip=args.grad_clip,
+        lr_schedule=args.lr_schedule,
+        outside_loss=args.outside_loss,
+        augment=args.augment,
+        eps=args.eps,
+        grid=GridSpec(target_points=args.grid_points),
+        shift=shift,
+        val_seeds=args.val_seeds,
+        val_every=args.val_every,
+        seed=args.seed,
+        amp=not args.no_amp,
+        cache_dir=cache_dir_of(args),
+        feature_memory_mb=args.feature_memory_mb,
+        resume_from=getattr(args, "resume", None),
+        progress=not args.no_progress,
+    )

@@ -5,7 +5,13 @@ Example (Cataract-1K test split, SAM2 vs RP-SAM2 vs SAM2-FT, 10 seeds)::
     rpsam2-eval --data /data/cataract-1k --format cataract1k --split test \\
         --methods sam2,rpsam2,sam2ft --seeds 10 --out runs/eval \\
         --sam2-config configs/sam2.1/sam2.1_hiera_l.yaml --sam2-checkpoint checkpoints/sam2.1_hiera_large.pt \\
-        --shift-checkpoint runs/train/best --decoder-checkpoint runs/sam2ft --table2 --heatmaps 5
+        --shift-checkpoint runs/train/best --decoder-checkpoint runs/sam2ft --table2 --heatmaps 5 \\
+        --baseline medsam2=MedSAM2/sam2/configs/sam2.1_hiera_t512.yaml:checkpoints/MedSAM2_latest.pt
+
+``--baseline NAME=CONFIG:CHECKPOINT`` (repeatable) adds another SAM2-architecture model as a column:
+CONFIG is a packaged sam2 config name or a config file, CHECKPOINT its weights (``random`` for random
+weights with ``--allow-random-weights``: smoke tests).  Each baseline encodes every image once with its
+own encoder and decodes the same prompts as the other methods.
 
 User mistakes (missing data or checkpoints, unknown format, empty split) end with exit status 2 and
 one line on stderr, no traceback.
@@ -14,6 +20,7 @@ one line on stderr, no traceback.
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
@@ -68,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_sam2_arguments(model)
     model.add_argument("--shift-checkpoint", default=None, help="shift-block directory (rpsam2-train output)")
     model.add_argument("--decoder-checkpoint", default=None, help="fine-tuned mask decoder directory (SAM2-FT)")
+    model.add_argument("--baseline", action="append", default=[], metavar="NAME=CONFIG:CHECKPOINT",
+                       help="another SAM2-architecture model as a column (repeatable), e.g. "
+                       "medsam2=sam2.1_hiera_t512.yaml:MedSAM2_latest.pt; CHECKPOINT 'random' needs "
+                       "--allow-random-weights")
     model.add_argument("--batch-size", type=int, default=64, help="prompts per decoder call")
     model.add_argument("--cache-dir", default=None,
                        help="image-embedding cache folder, e.g. rpsam2-train's (stored as float16); "
@@ -144,6 +155,48 @@ def _method_specs(names: Sequence[str], args: argparse.Namespace, device) -> dic
     return specs
 
 
+BASELINE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def parse_baselines(values: Sequence[str], allow_random: bool) -> list[tuple[str, str, str | None]]:
+    """``NAME=CONFIG:CHECKPOINT`` -> (name, config, checkpoint or None for random weights), checked
+    before any model is built."""
+    out: list[tuple[str, str, str | None]] = []
+    for value in values:
+        name, eq, rest = value.partition("=")
+        config, colon, checkpoint = rest.partition(":")
+        if not eq or not colon or not name or not config or not checkpoint:
+            raise UsageError(f"--baseline {value!r}: expected NAME=CONFIG:CHECKPOINT")
+        if not BASELINE_NAME.match(name):
+            raise UsageError(f"--baseline {value!r}: NAME may hold letters, digits, '_', '-', '.'")
+        if name.lower() in METHOD_NAMES or name in [n for n, _, _ in out]:
+            raise UsageError(f"--baseline name {name!r} is taken (by a method or another baseline)")
+        if checkpoint == "random":
+            if not allow_random:
+                raise UsageError(f"--baseline {name}: random weights need --allow-random-weights")
+            out.append((name, config, None))
+            continue
+        if not Path(checkpoint).is_file():
+            raise UsageError(f"--baseline {name}: checkpoint {checkpoint} does not exist")
+        out.append((name, config, checkpoint))
+    return out
+
+
+def _baseline_specs(baselines: Sequence[tuple[str, str, str | None]], device) -> dict:
+    from rpsam2_backend.core.errors import ConfigError
+    from rpsam2_backend.engine.sam2_engine import SAM2Engine
+    from trainer.eval.methods import MethodSpec
+
+    specs = {}
+    for name, config, checkpoint in baselines:
+        try:
+            engine = SAM2Engine.build(config, checkpoint, str(device))
+        except ConfigError as exc:
+            raise UsageError(f"--baseline {name}: {exc}") from exc
+        specs[name] = MethodSpec.baseline(name, engine)
+    return specs
+
+
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from rpsam2_backend.core.errors import ConfigError
     from trainer.eval.config import EvalConfig, select_heatmaps
@@ -156,6 +209,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.heatmaps < 0:
         raise UsageError("--heatmaps must be >= 0")
     names = _methods(args.methods, args)
+    baselines = parse_baselines(args.baseline, args.allow_random_weights)
     dataset, split = _load_data(args)
     heatmaps: int | list[str] = args.heatmaps
     if args.heatmap_objects:
@@ -166,6 +220,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     except (ValueError, ConfigError) as exc:
         raise UsageError(str(exc)) from exc
     specs = _method_specs(names, args, engine.device)
+    specs.update(_baseline_specs(baselines, engine.device))
     cache = None
     if args.cache_dir and args.cache_dir.lower() != "none":
         from trainer.feature_cache import FeatureCache

@@ -102,7 +102,7 @@ def object_heatmap(
     class_name: str,
     image: np.ndarray,
     mask: np.ndarray,
-    features: ImageFeatures,
+    features: Mapping[str, ImageFeatures],
     order: Sequence[str],
     methods: Mapping[str, MethodSpec],
     runners: Mapping[str, MethodRunner],
@@ -110,12 +110,14 @@ def object_heatmap(
     grid_spec: GridSpec,
     out_dir: Path,
 ) -> HeatmapResult:
-    """Score every grid point of one object with every method and draw the panels; the PNG's path and values."""
+    """Score every grid point of one object with every method and draw the panels; the PNG's path and values.
+
+    ``features``: per method, the image's features from that method's model (baselines have their own)."""
     grid = grid_points(mask, grid_spec)
     scores: dict[str, np.ndarray] = {}
     for name in order:
         decoders.activate(methods[name].decoder_dir)
-        scores[name] = grid_scores(runners[name], features, grid, mask)
+        scores[name] = grid_scores(runners[name], features[name], grid, mask)
     panels = [
         (f"{methods[name].label}: Dice {100 * scores[name].mean():.1f}±{100 * scores[name].std():.1f}",
          fill_from_grid(mask, grid, scores[name]))

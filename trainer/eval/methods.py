@@ -2,7 +2,13 @@
 
 Methods (``MethodSpec``): plain SAM2; RP-SAM2 = the shift block moves the *first* point only (the
 paper's Table 2 "shift first"); SAM2-FT = a fine-tuned mask decoder swapped in for that method and
-swapped back afterwards.  A spec may combine a shift block and a decoder.
+swapped back afterwards.  A spec may combine a shift block and a decoder.  A *baseline* is another
+SAM2-architecture model (MedSAM2, SurgSAM2, another SAM2 size: its own encoder and decoder) run on the
+same prompts: ``MethodSpec.engine``.
+
+Trainable parameters (the paper's table header): what the method trained on top of, or instead of,
+the released SAM2 -- the shift block for RP-SAM2, the mask decoder for SAM2-FT, both when combined,
+and the whole model for plain SAM2 and for a baseline (a model trained or fine-tuned as a whole).
 """
 
 from __future__ import annotations
@@ -30,6 +36,11 @@ class MethodSpec:
     shift_block: ShiftBlock | None = None
     decoder_dir: str | Path | None = None
     source: dict[str, Any] = field(default_factory=dict)  # provenance shown in the report
+    engine: SAM2Engine | None = None  # a baseline's own SAM2-architecture model; None: the evaluation's SAM2
+
+    def __post_init__(self) -> None:
+        if self.engine is not None and (self.shift_block is not None or self.decoder_dir is not None):
+            raise ValueError(f"{self.label}: a baseline model takes neither a shift block nor a decoder")
 
     @classmethod
     def sam2(cls) -> MethodSpec:
@@ -43,14 +54,35 @@ class MethodSpec:
     def sam2ft(cls, decoder_dir: str | Path) -> MethodSpec:
         return cls("SAM2-FT", decoder_dir=decoder_dir, source={"decoder_checkpoint": str(decoder_dir)})
 
+    @classmethod
+    def baseline(cls, label: str, engine: SAM2Engine) -> MethodSpec:
+        return cls(label, engine=engine, source={"config": engine.config,
+                                                 "checkpoint": engine.checkpoint or "RANDOM WEIGHTS"})
+
     @property
     def shifts(self) -> bool:
         return self.shift_block is not None
+
+    def trainable_parameters(self, engine: SAM2Engine) -> int:
+        """See the module docstring; ``engine`` is the evaluation's SAM2 (for methods that use it)."""
+        if self.engine is not None:
+            return count_parameters(self.engine.model)
+        n = 0
+        if self.shift_block is not None:
+            n += count_parameters(self.shift_block)
+        if self.decoder_dir is not None:
+            n += count_parameters(engine.model.sam_mask_decoder)
+        return n if n else count_parameters(engine.model)
 
     def describe(self) -> str:
         parts = ["shift first point" if self.shifts else "no shift"]
         parts += [f"{k}={v}" for k, v in self.source.items()]
         return ", ".join(parts)
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    """All parameters, frozen or not (SAM2's are frozen here but were trained by their authors)."""
+    return sum(p.numel() for p in module.parameters())
 
 
 class DecoderState:

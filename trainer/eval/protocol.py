@@ -6,6 +6,16 @@ are aggregated *per seed first*: for every seed the mean over the samples (objec
 and standard deviation across the seeds. The std therefore measures stability across prompts, not the
 spread between objects.
 
+Summary rows, as the paper computes them (its Table 1 checks out this way to the last digit: the
+SAM2 / RP-SAM2 Dice stds of the ten classes average to 3.40 / 2.09, the HD95 stds to 20.42 / 8.66):
+
+- "Avg.": mean = plain mean of the class means; ± = plain mean of the class stds;
+- "W. Avg.": mean = object-count-weighted mean of the class means; ± = object-count-weighted mean of
+  the class stds.
+
+The std across seeds of the per-seed summary value (what this module reported before; smaller,
+because classes' seed-to-seed fluctuations partly cancel) is kept as ``Cell.std_of_mean``.
+
 Standard deviations are population std (``ddof=0``, numpy's default) across seeds -- the paper does not
 say which it used; ``STD_DDOF`` is the single place this is decided.
 """
@@ -34,6 +44,10 @@ METRIC_LABELS: dict[str, tuple[str, bool]] = {
 }
 WILCOXON = "Wilcoxon signed-rank"
 PAIRED_T = "paired t-test"
+# What one pair of a paired test is: the headline test pairs per-object means over the seeds; the
+# second line pairs every (seed, object) -- more pairs than independent units, so anti-conservative.
+PAIRING_OBJECT_MEANS = "per-object means over seeds"
+PAIRING_SEED_OBJECT = "per (seed, object)"
 
 
 # ------------------------------------------------------------------------------------------- aggregation
@@ -53,11 +67,17 @@ class ObjectScore:
 
 @dataclass(frozen=True)
 class Cell:
-    """Mean and std across seeds of the per-seed values (kept for re-aggregation and plots)."""
+    """Mean and std of a table cell, with its per-seed values (kept for re-aggregation and plots).
+
+    Class rows: mean and std across seeds of the per-seed class means.  Summary rows: ``std`` is the
+    paper's ± (mean, or count-weighted mean, of the class stds) and ``std_of_mean`` the std across
+    seeds of the per-seed summary values; for class rows the two are the same number.
+    """
 
     mean: float
     std: float
     per_seed: dict[int, float]
+    std_of_mean: float = math.nan
 
 
 @dataclass
@@ -83,6 +103,7 @@ class Table:
                 "metric": metric,
                 "mean": self.cells[(method, row, metric)].mean,
                 "std": self.cells[(method, row, metric)].std,
+                "std_of_mean": self.cells[(method, row, metric)].std_of_mean,
                 "n_seeds": self.n_seeds,
             }
             for method in self.methods
@@ -93,7 +114,24 @@ class Table:
 
 def _mean_std(per_seed: dict[int, float]) -> Cell:
     values = np.array(list(per_seed.values()), dtype=np.float64)
-    return Cell(float(values.mean()), float(values.std(ddof=STD_DDOF)), dict(per_seed))
+    std = float(values.std(ddof=STD_DDOF))
+    return Cell(float(values.mean()), std, dict(per_seed), std)
+
+
+def summary_cell(class_cells: Sequence[Cell], weights: Sequence[float] | None, per_seed: dict[int, float]) -> Cell:
+    """The "Avg." (``weights`` None) or "W. Avg." (``weights`` = objects per class) cell as the paper
+    computes it: the (weighted) mean of the class means and of the class stds.  ``per_seed`` are the
+    per-seed summary values; their mean equals the cell's mean, their std becomes ``std_of_mean``."""
+    if not class_cells:
+        raise ValueError("a summary row needs at least one class")
+    w = np.ones(len(class_cells)) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != (len(class_cells),) or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"need one non-negative weight per class (not all zero), got {weights!r}")
+    means = np.array([c.mean for c in class_cells], dtype=np.float64)
+    stds = np.array([c.std for c in class_cells], dtype=np.float64)
+    values = np.array(list(per_seed.values()), dtype=np.float64)
+    return Cell(float(np.average(means, weights=w)), float(np.average(stds, weights=w)), dict(per_seed),
+                float(values.std(ddof=STD_DDOF)) if values.size else math.nan)
 
 
 def _validate(scores: Sequence[ObjectScore]) -> None:
@@ -125,8 +163,10 @@ def aggregate(scores: Sequence[ObjectScore], class_order: Sequence[str] | None =
     """Table-1 aggregation, per seed first.
 
     For each method and class: per seed the mean over that class's objects, then mean and std across seeds.
-    "Avg.": per seed the plain mean of the class means, then mean/std across seeds.
-    "W. Avg.": per seed the mean over all objects (classes weighted by object count), then mean/std.
+    "Avg.": plain mean of the class means and of the class stds (``summary_cell``); its per-seed values are
+    the plain means of the per-seed class means.
+    "W. Avg.": the same weighted by the number of objects per class; its per-seed values are the means over
+    all objects.
     Methods keep their first-appearance order; classes follow ``class_order`` or first appearance.
     """
     scores = list(scores)
@@ -166,8 +206,10 @@ def aggregate(scores: Sequence[ObjectScore], class_order: Sequence[str] | None =
                 weighted[seed] = float(np.mean(pooled))
             for c in classes:
                 table.cells[(method, c, metric)] = _mean_std(class_means[c])
-            table.cells[(method, AVG_ROW, metric)] = _mean_std(plain)
-            table.cells[(method, WEIGHTED_AVG_ROW, metric)] = _mean_std(weighted)
+            class_cells = [table.cells[(method, c, metric)] for c in classes]
+            counts = [len(values[(method, seeds[0], c, metric)]) for c in classes]
+            table.cells[(method, AVG_ROW, metric)] = summary_cell(class_cells, None, plain)
+            table.cells[(method, WEIGHTED_AVG_ROW, metric)] = summary_cell(class_cells, counts, weighted)
     table.n_seeds = len(all_seeds)
     first = methods[0]
     first_seed = min(s.seed for s in scores if s.method == first)
@@ -186,6 +228,23 @@ def pair_scores(
         raise ValueError(f"{method_a!r} and {method_b!r} were scored on different (seed, object) pairs")
     keys = sorted(a, key=lambda k: (k[0], stable_hash(k[1])))
     return [a[k] for k in keys], [b[k] for k in keys]
+
+
+def pair_object_means(
+    scores: Sequence[ObjectScore], method_a: str, method_b: str, metric: str = "dice"
+) -> tuple[list[float], list[float]]:
+    """Per object, each method's mean over the seeds: the independent units of the headline test.
+
+    The 10 prompts of one object are not independent samples (same image, same shape), so testing
+    every (seed, object) pair as if it were overstates n and gives anti-conservative p-values."""
+    pair_scores(scores, method_a, method_b, metric)  # raises when the (seed, object) pairs differ
+    per_object: dict[str, dict[Hashable, list[float]]] = {method_a: defaultdict(list), method_b: defaultdict(list)}
+    for s in scores:
+        if s.method in per_object:
+            per_object[s.method][s.object_id].append(float(getattr(s, metric)))
+    keys = sorted(per_object[method_a], key=stable_hash)
+    return ([float(np.mean(per_object[method_a][k])) for k in keys],
+            [float(np.mean(per_object[method_b][k])) for k in keys])
 
 
 # ------------------------------------------------------------------------------------------ significance

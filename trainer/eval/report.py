@@ -35,9 +35,14 @@ PROTOCOL_TEXT = (
     "SAM's multimask output (the mask with the best predicted IoU is kept), several points with a single "
     "mask. RP-SAM2 moves the first point with its shift block; later points pass unchanged. Per seed the "
     "scores are averaged over the objects of a class (class rows), over the class means (Avg.) and over "
-    "all objects (W. Avg., classes weighted by their number of objects); the tables show the mean ± std of "
-    "these per-seed values across seeds (std with ddof={ddof}), i.e. the stability across prompts. Dice "
-    "is in percent; HD95 in pixels (symmetric, 95th percentile of the pooled surface distances)."
+    "all objects (W. Avg., classes weighted by their number of objects). A class cell shows the mean ± std of "
+    "its per-seed values across seeds (std with ddof={ddof}), i.e. the stability across prompts. As in the "
+    "paper, the Avg. row's ± is the plain mean of the class stds and the W. Avg. row's ± their mean weighted "
+    "by objects per class (summary.json keeps the std across seeds of the per-seed Avg./W. Avg. values as "
+    "std_of_mean). Dice is in percent; HD95 in pixels (symmetric, 95th percentile of the pooled surface "
+    "distances). Paired tests: the headline p-value pairs each object's mean over the seeds between two "
+    "methods (one pair per object); the second line pairs every (seed, object) and overstates the number "
+    "of independent samples (anti-conservative)."
 )
 
 
@@ -80,7 +85,7 @@ def read_scores_csv(path: str | Path) -> list[dict[str, Any]]:
 
 def table_json(table: Table) -> dict[str, Any]:
     cells = [
-        {"method": m, "row": row, "metric": k, "mean": c.mean, "std": c.std,
+        {"method": m, "row": row, "metric": k, "mean": c.mean, "std": c.std, "std_of_mean": _finite(c.std_of_mean),
          "per_seed": {str(s): v for s, v in sorted(c.per_seed.items())}}
         for (m, row, k), c in table.cells.items()
     ]
@@ -156,6 +161,10 @@ def wide_table(columns: Sequence[tuple[str, Table, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _millions(n: int) -> str:
+    return f"{n / 1e6:.1f}M"
+
+
 def format_p(p: float | None) -> str:
     if p is None or not math.isfinite(p):
         return "n/a"
@@ -165,14 +174,16 @@ def format_p(p: float | None) -> str:
 def paired_markdown(tests: Sequence[dict[str, Any]], labels: Mapping[str, str]) -> str:
     if not tests:
         return "_Only one method: no paired test._\n"
-    lines = ["| comparison | metric | test | pairs | mean difference | statistic | p-value | note |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| comparison | metric | test | pairs of | pairs | mean difference | statistic | p-value | note |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for t in tests:
         scale = 100.0 if t["metric"] == "dice" else 1.0
         stat = "–" if t["statistic"] is None else f"{t['statistic']:.4g}"
+        pairing = t.get("pairing", "")
+        pairing = f"**{pairing}** (headline)" if t.get("headline") else pairing
         lines.append(
             f"| {labels[t['method']]} vs {labels[t['baseline']]} | {METRIC_LABELS[t['metric']][0]} | {t['test']} "
-            f"| {t['n']} | {scale * t['mean_difference']:+.2f} | {stat} | {format_p(t['p_value'])} "
+            f"| {pairing} | {t['n']} | {scale * t['mean_difference']:+.2f} | {stat} | {format_p(t['p_value'])} "
             f"| {t['note'] or ''} |"
         )
     return "\n".join(lines) + "\n"
@@ -212,8 +223,16 @@ def report_markdown(result: EvaluationResult, methods: Mapping[str, MethodSpec])
         ("Command", f"`{info['command']}`" if info.get("command") else None),
     ]
     out.append("| | |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in setup if v not in (None, "")))
-    out.append("\nMethods:\n")
-    out += [f"- **{spec.label}** (`{name}`): {spec.describe()}\n" for name, spec in methods.items()]
+    params = {name: (info.get("methods") or {}).get(name, {}).get("trainable_parameters") for name in methods}
+    header = {name: f"{labels[name]} ({_millions(params[name])})" if params[name] else labels[name] for name in methods}
+    out.append("\nMethods (trainable parameters: the shift block for RP-SAM2, the mask decoder for SAM2-FT, the "
+               "whole model for SAM2 and for baseline models):\n")
+    out += [f"- **{spec.label}** (`{name}`{', ' + _millions(params[name]) if params[name] else ''}): "
+            f"{spec.describe()}\n" for name, spec in methods.items()]
+    baseline_calls = info.get("baseline_encoder_calls") or {}
+    if baseline_calls:
+        out.append("\nBaseline models encode with their own encoders: "
+                   + ", ".join(f"`{n}` {c} encoder calls" for n, c in baseline_calls.items()) + ".\n")
     out.append("\n## Protocol\n\n" + PROTOCOL_TEXT.format(ddof=STD_DDOF) + "\n\n" + EMPTY_HD95_POLICY + "\n")
 
     table1 = [s for s in result.table_specs if s.key == "table1"]
@@ -221,8 +240,9 @@ def report_markdown(result: EvaluationResult, methods: Mapping[str, MethodSpec])
     for spec in table1:
         table = result.tables[spec.key]
         out.append(f"\n## {spec.title}\n\nMean ± std across {table.n_seeds} seeds.\n\n")
-        out.append(markdown_table(_relabelled(table, labels)))
-        out.append("\nPaired test of per-object-per-seed scores:\n\n")
+        out.append(markdown_table(_relabelled(table, header)))
+        out.append("\nPaired tests: the headline p-value (bold) pairs per-object means over the seeds; "
+                   "the line below it pairs every (seed, object) (anti-conservative):\n\n")
         out.append(paired_markdown(result.paired[spec.key], labels))
         out.append("\nOutcomes:\n\n" + outcomes_markdown(counts.get(spec.key, {}), labels))
     if table2:

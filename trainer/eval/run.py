@@ -3,8 +3,10 @@
 Loop order: image outer, everything else inner.  Each image is encoded once (or read from a
 ``FeatureCache``) and then every table (1 point; 2, 3, 5 points), every method and every seed is
 decoded from those features, so the encoder runs once per image for the whole evaluation and no
-feature store is needed.  Per image and method the prompts of all objects and seeds go through the
-decoder in one batched call (chunked at ``batch_size`` prompts).
+feature store is needed.  Baselines (``MethodSpec.engine``: other SAM2-architecture models) have their
+own encoders: each encodes each image once too, and decodes the very same prompts.  Per image and
+method the prompts of all objects and seeds go through the decoder in one batched call (chunked at
+``batch_size`` prompts).
 
 Prompts: ``trainer.prompts.points_for_protocol`` -- an object's points depend only on the seed and
 its id ``(sample_id, object_id)``, so every method gets the same points.  Sampled pixels
@@ -35,7 +37,15 @@ from trainer.datasets.base import Dataset
 from trainer.eval.config import EvalConfig, select_heatmaps
 from trainer.eval.heatmaps import object_heatmap
 from trainer.eval.methods import DecoderState, MethodRunner, MethodSpec
-from trainer.eval.protocol import Table, aggregate, pair_scores, paired_test
+from trainer.eval.protocol import (
+    PAIRING_OBJECT_MEANS,
+    PAIRING_SEED_OBJECT,
+    Table,
+    aggregate,
+    pair_object_means,
+    pair_scores,
+    paired_test,
+)
 from trainer.eval.report import write_outputs
 from trainer.eval.results import EvaluationResult, HeatmapResult, ScoreRow, TableSpec, object_key
 from trainer.feature_cache import FeatureCache
@@ -103,7 +113,10 @@ def evaluate(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    runners = {name: MethodRunner(engine, spec, config.batch_size) for name, spec in methods.items()}
+    runners = {name: MethodRunner(spec.engine or engine, spec, config.batch_size) for name, spec in methods.items()}
+    baselines = {id(spec.engine): spec.engine for spec in methods.values()
+                 if spec.engine is not None and spec.engine is not engine}
+    baseline_encodes = {key: e.encode_count for key, e in baselines.items()}
     # Methods on the released decoder first, so each image swaps decoders at most twice.
     order = sorted(methods, key=lambda name: methods[name].decoder_dir is not None)
     decoders = DecoderState(engine, sorted({str(s.decoder_dir) for s in methods.values() if s.decoder_dir}))
@@ -126,7 +139,10 @@ def evaluate(
                     if mask.shape != image.shape[:2]:
                         raise ValueError(f"{object_key(sample.sample_id, object_id)}: mask {mask.shape} "
                                          f"does not match image {image.shape[:2]}")
-                features = get_features(image)
+                main_features = get_features(image)
+                by_engine = {key: e.encode(image) for key, e in baselines.items()}  # once per image and model
+                features = {name: by_engine[id(m.engine)] if id(m.engine) in by_engine else main_features
+                            for name, m in methods.items()}
                 for spec in specs:
                     rows += _score_image(sample.sample_id, objects, features, spec, seed_list, order,
                                          runners, decoders, excluded[spec.key])
@@ -151,7 +167,13 @@ def evaluate(
         "sam2_checkpoint": engine.checkpoint or "RANDOM WEIGHTS (smoke test only: numbers are meaningless)",
         "device": str(engine.device),
         "encoder_calls": engine.encode_count - encodes_before,
-        "methods": {name: {"label": s.label, "description": s.describe()} for name, s in methods.items()},
+        "baseline_encoder_calls": {
+            name: m.engine.encode_count - baseline_encodes[id(m.engine)]
+            for name, m in methods.items() if id(m.engine) in baselines
+        },
+        "methods": {name: {"label": s.label, "description": s.describe(),
+                           "trainable_parameters": s.trainable_parameters(engine)}
+                    for name, s in methods.items()},
         "batch_size": config.batch_size,
         "heatmap_grid": grid_spec.key() if heatmap_keys else "",
         **dict(info or {}),
@@ -168,7 +190,7 @@ def evaluate(
 def _score_image(
     sample_id: str,
     objects: list[tuple[str, str, np.ndarray]],
-    features: ImageFeatures,
+    features: Mapping[str, ImageFeatures],
     spec: TableSpec,
     seeds: list[int],
     order: list[str],
@@ -194,7 +216,7 @@ def _score_image(
     for name in order:
         runner = runners[name]
         decoders.activate(runner.spec.decoder_dir)
-        masks, firsts = runner.predict(features, batch)
+        masks, firsts = runner.predict(features[name], batch)
         for b, (seed, k) in enumerate(where):
             object_id, class_name, gt = usable[k]
             pred = masks[b]
@@ -229,9 +251,13 @@ def _aggregate(
             if name == baseline:
                 continue
             for metric in ("dice", "hd95"):
-                a, b = pair_scores(scores, name, baseline, metric)
-                res = paired_test(a, b, test)
-                paired[spec.key].append({"method": name, "baseline": baseline, "metric": metric, **res,
-                                         "mean_difference": float(np.mean(np.subtract(a, b)))})
+                # Headline: per-object means over seeds (independent units); then every (seed, object).
+                for pairing, pair in ((PAIRING_OBJECT_MEANS, pair_object_means), (PAIRING_SEED_OBJECT, pair_scores)):
+                    a, b = pair(scores, name, baseline, metric)
+                    res = paired_test(a, b, test)
+                    paired[spec.key].append({
+                        "method": name, "baseline": baseline, "metric": metric, "pairing": pairing,
+                        "headline": pairing == PAIRING_OBJECT_MEANS, **res,
+                        "mean_difference": float(np.mean(np.subtract(a, b)))})
     return tables, paired
 

@@ -52,3 +52,65 @@ def plot_curves(
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_over_x(
+    path: Path,
+    x: Sequence[float],
+    series: dict[str, tuple[Sequence[float], Sequence[float]]],
+    xlabel: str,
+    ylabel: str,
+    title: str,
+) -> Path:
+    """Fig. 4(a)'s layout: one line per method over ``x`` with its ± band shaded; NaN points are gaps."""
+    from matplotlib.figure import Figure  # no pyplot: no global state, safe in threads and tests
+
+    fig = Figure(figsize=(6.5, 4.2), layout="constrained")
+    ax = fig.subplots()
+    xs = np.asarray(x, dtype=float)
+    for label, (mean, std) in series.items():
+        m, s = np.asarray(mean, dtype=float), np.asarray(std, dtype=float)
+        ax.plot(xs, m, marker="o", label=label)
+        ax.fill_between(xs, m - s, m + s, alpha=0.2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.set_xticks(xs)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def plot_groups(
+    path: Path,
+    groups: Sequence[tuple[str, Sequence[tuple[str, float, float]]]],
+    ylabel: str,
+    title: str,
+    baseline: tuple[str, float, float] | None = None,
+) -> Path:
+    """Fig. 4(b)'s layout: one panel per group, a bar with an error bar (±) per variant, the baseline as a
+    dashed line with its band."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(3.2 * max(1, len(groups)) + 0.6, 3.8), layout="constrained")
+    axes = fig.subplots(1, max(1, len(groups)), squeeze=False)[0]
+    for ax, (group, bars) in zip(axes, groups, strict=False):
+        labels = [b[0] for b in bars]
+        means = np.array([b[1] for b in bars], dtype=float)
+        stds = np.array([b[2] for b in bars], dtype=float)
+        ax.bar(range(len(bars)), means, yerr=stds, capsize=4, color="tab:red", alpha=0.75)
+        ax.set_xticks(range(len(bars)))
+        ax.set_xticklabels(labels, rotation=20, ha="right", fontsize=8)
+        if baseline is not None:
+            name, m, s = baseline
+            ax.axhline(m, color="gray", linestyle="--", label=name)
+            ax.axhspan(m - s, m + s, color="gray", alpha=0.15)
+            ax.legend(fontsize=8)
+        ax.set_title(group, fontsize=9)
+        ax.set_ylabel(ylabel)
+    fig.suptitle(title, fontsize=10)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path

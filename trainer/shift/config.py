@@ -8,19 +8,31 @@ from typing import Any
 
 from rpsam2_backend.engine.modeling.shift_block import ShiftBlockConfig
 from trainer.shift.candidates import DEFAULT_EPS, GridSpec
+from trainer.shift.losses import OUTSIDE_MODES
+from trainer.shift.optim import SCHEDULES
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyper-parameters; the defaults are the paper's (§3.2) where it gives them."""
+    """Hyper-parameters; the defaults are the paper's (§3.2) where it gives them, SAM2's training recipe
+    where the paper defers to it ("all other hyperparameters ... the same as those used to train SAM2":
+    AdamW weight decay 0.1, gradient clip 0.1, cosine lr decay to lr/10, see ``trainer.shift.optim``).
+
+    ``augment`` (SAM2's augmentations, ``trainer.augment``) re-encodes augmented images every step and
+    computes their candidates on the fly: the paper's setting, ~3x slower per step on a GPU and far
+    slower on a CPU, so off by default (``rpsam2-train --paper`` turns it on)."""
 
     epochs: int = 50
     steps: int | None = None  # total optimiser steps; overrides epochs when set
     batch_size: int = 4  # objects per step
     points_per_object: int = 10
     lr: float = 1e-4
-    weight_decay: float = 0.01  # AdamW's default; the paper does not say
-    grad_clip: float = 1.0  # max gradient norm; 0 disables
+    weight_decay: float = 0.1  # SAM2's; 0 on biases, norms, positional embeddings, the shift scale
+    grad_clip: float = 0.1  # max gradient norm (SAM2's); 0 disables
+    lr_schedule: str = "cosine"  # SAM2's per-step cosine decay, or "constant"
+    lr_final_ratio: float = 0.1  # the cosine ends at lr * this (SAM2: lr / 10)
+    outside_loss: str = "below_half"  # the paper's: penalise only points with n̂ < 0.5; "always": every point
+    augment: bool = False  # SAM2's image augmentations (re-encode per step); see the class docstring
     alpha: float = 1.0
     beta: float = 0.1
     gamma: float = 1.0
@@ -53,6 +65,14 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.val_seeds < 0:
             raise ValueError(f"val_seeds must be >= 0, got {self.val_seeds}")
+        if self.lr_schedule not in SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}")
+        if not 0.0 <= self.lr_final_ratio <= 1.0:
+            raise ValueError(f"lr_final_ratio must be in [0, 1], got {self.lr_final_ratio}")
+        if self.outside_loss not in OUTSIDE_MODES:
+            raise ValueError(f"outside_loss must be one of {OUTSIDE_MODES}, got {self.outside_loss!r}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("weight_decay and grad_clip must be >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -6,7 +6,8 @@ validation data: the last one) and, at every validation point, the state to resu
 
 Caching: SAM2 is frozen, so image embeddings (``trainer.feature_cache``) and candidate sets
 (``trainer.shift.candidates``) are computed once per image/object and reused from ``cache_dir``
-across epochs and runs.
+across epochs and runs -- except for the training objects of an augmented run (``augment``), whose
+augmented images are encoded, and given candidates, every step; validation always uses the caches.
 
 Resuming takes the block architecture, weights, optimiser state, step and history from
 ``resume.pt``; the other hyper-parameters are those passed in (normally the same).
@@ -69,13 +70,15 @@ def train_shift_block(
     out_dir: str | Path = "shift-checkpoint",
     init_from: str | Path | None = None,
     feature_cache: FeatureCache | None = None,
+    run_info: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train a shift block on ``dataset_train`` (``Sample``s), validate on ``dataset_val``.
 
     ``init_from``: a shift-block checkpoint directory to start from (fine-tuning the live version);
     its block configuration replaces ``config.shift``.  ``config.resume_from``: continue an
     interrupted run (weights, optimiser, step, history).  ``feature_cache``: share the caller's
-    embedding cache (otherwise one is made from ``config.cache_dir``).  Writes the directory
+    embedding cache (otherwise one is made from ``config.cache_dir``).  ``run_info``: what started the
+    run (preset, overrides, command), written to ``training.json`` as "run".  Writes the directory
     described in the module docstring and returns the summary.
     """
     config = config or TrainConfig()
@@ -101,7 +104,9 @@ def train_shift_block(
     candidates = CandidateGenerator(
         engine, config.grid, config.eps, config.cache_dir, config.candidate_chunk, config.multimask
     )
-    train_objects = prepare_objects(dataset_train, features, candidates, config.progress, "train")
+    # The augmented path encodes and finds candidates per step: nothing to precompute for training.
+    train_objects = prepare_objects(dataset_train, None if config.augment else features,
+                                    None if config.augment else candidates, config.progress, "train")
     val_objects = prepare_objects(dataset_val or [], features, candidates, config.progress, "val")
     summary = {"train": data_summary(train_objects), "val": data_summary(val_objects),
                "train_dataset": getattr(dataset_train, "name", ""), "val_dataset": getattr(dataset_val, "name", "")}
@@ -146,7 +151,7 @@ def train_shift_block(
     )
     write_csv(out_dir / METRICS_FILE, METRIC_FIELDS, trainer.history)
     plot_curves(read_csv(out_dir / STEPS_FILE), trainer.history, out_dir / CURVE_FILE, trainer.baseline_mdsc)
-    training = {"config": config.to_dict(), "result": result.to_dict(), "sam2": sam2_info,
+    training = {"run": dict(run_info or {}), "config": config.to_dict(), "result": result.to_dict(), "sam2": sam2_info,
                 "cache": {"encoded": features.encoded - encoded_before,
                           "feature_disk_hits": features.disk_hits - disk_hits_before,
                           "candidates_computed": candidates.computed, "candidate_cache_hits": candidates.cache_hits}}

@@ -25,6 +25,7 @@ __all__ = [
     "distance_loss",
     "mask_value_at",
     "outside_loss",
+    "OUTSIDE_MODES",
 ]
 
 
@@ -102,14 +103,25 @@ def mask_value_at(points: Tensor, masks: Tensor) -> Tensor:
     return sampled.view(-1)
 
 
-def outside_loss(refined: Tensor, gt_masks: Tensor, eps: float = 1e-6) -> Tensor:
-    """Eq. 4 + BCE against "inside": ``-log(max(n̂, eps))`` per point, (B,).
+OUTSIDE_MODES = ("below_half", "always")
 
-    0 for a point whose four neighbouring pixels are all inside the object; ``-log(eps)`` ≈ 13.8
-    (no gradient) deep outside it, where the distance loss has to pull the point back.
+
+def outside_loss(refined: Tensor, gt_masks: Tensor, eps: float = 1e-6, mode: str = "below_half") -> Tensor:
+    """Eq. 4 + BCE against "inside", per point, (B,).
+
+    ``mode="below_half"`` (default, the paper's §2.4: "If n̂ < 0.5, the point is deemed outside the
+    object, and we penalize it"): ``-log(max(n̂, eps))`` where n̂ < 0.5, else 0 -- a point inside the
+    object near its edge is left alone.  ``mode="always"``: ``-log(max(n̂, eps))`` for every point
+    (pushes inside points near an edge further in).  ``-log(eps)`` ≈ 13.8 (no gradient) deep outside
+    the object, where the distance loss has to pull the point back.
     """
+    if mode not in OUTSIDE_MODES:
+        raise ValueError(f"outside-loss mode must be one of {OUTSIDE_MODES}, got {mode!r}")
     value = mask_value_at(refined, gt_masks)
-    return -torch.log(value.clamp(min=eps))
+    loss = -torch.log(value.clamp(min=eps))
+    if mode == "below_half":
+        loss = torch.where(value < 0.5, loss, torch.zeros_like(loss))
+    return loss
 
 
 @dataclass
@@ -134,10 +146,14 @@ class CompoundLoss(nn.Module):
     """α·L_dice + β·L_dist + γ·L_out, defaults from the paper (§3.2: 1.0, 0.1, 1.0; θ = 15)."""
 
     def __init__(
-        self, alpha: float = 1.0, beta: float = 0.1, gamma: float = 1.0, theta: float = 15.0
+        self, alpha: float = 1.0, beta: float = 0.1, gamma: float = 1.0, theta: float = 15.0,
+        outside_mode: str = "below_half",
     ) -> None:
         super().__init__()
+        if outside_mode not in OUTSIDE_MODES:
+            raise ValueError(f"outside-loss mode must be one of {OUTSIDE_MODES}, got {outside_mode!r}")
         self.alpha, self.beta, self.gamma, self.theta = alpha, beta, gamma, theta
+        self.outside_mode = outside_mode
 
     def forward(
         self,
@@ -151,9 +167,10 @@ class CompoundLoss(nn.Module):
         candidate set (K_b, 2) normalised."""
         dice = dice_loss(mask_logits, gt_masks).mean()
         distance = distance_loss(refined, candidates, theta=self.theta).mean()
-        outside = outside_loss(refined, gt_masks).mean()
+        outside = outside_loss(refined, gt_masks, mode=self.outside_mode).mean()
         total = self.alpha * dice + self.beta * distance + self.gamma * outside
         return LossTerms(total=total, dice=dice, distance=distance, outside=outside)
 
     def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, beta={self.beta}, gamma={self.gamma}, theta={self.theta}"
+        return (f"alpha={self.alpha}, beta={self.beta}, gamma={self.gamma}, theta={self.theta}, "
+                f"outside_mode={self.outside_mode}")

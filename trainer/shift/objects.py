@@ -43,21 +43,28 @@ class TrainObject:
 
 def prepare_objects(
     samples: Sequence[Any],
-    features: FeatureCache,
-    candidates: CandidateGenerator,
+    features: FeatureCache | None,
+    candidates: CandidateGenerator | None,
     progress: bool = False,
     what: str = "train",
 ) -> list[TrainObject]:
-    """Encode every image once (disk cache) and compute every object's candidate set (disk cache)."""
+    """Encode every image once (disk cache) and compute every object's candidate set (disk cache).
+
+    ``features=None, candidates=None``: masks only (no encoder, no candidates) -- the objects of the
+    augmented training path, whose images are augmented, encoded and given candidates every step."""
     from tqdm.auto import tqdm
 
+    if (features is None) != (candidates is None):
+        raise ValueError("pass both features and candidates, or neither")
     objects: list[TrainObject] = []
+    empty = np.zeros((0, 2), dtype=np.float64)
     for sample in tqdm(samples, desc=f"prepare {what}", disable=not progress, unit="img"):
         if not sample.objects:
             continue
         image = sample.load_image()
         image_hash = image_key(image)
-        feats = features.get(image, image_hash)
+        feats = features.get(image, image_hash) if features is not None else None
+        orig_hw = feats.orig_hw if feats is not None else (int(image.shape[0]), int(image.shape[1]))
         for obj in sample.objects:
             mask = obj.load()
             if mask.shape != image.shape[:2]:
@@ -67,24 +74,29 @@ def prepare_objects(
             if not mask.any():
                 log.warning("%s: object %r has an empty mask; skipped", sample.sample_id, obj.object_id)
                 continue
-            cand = candidates(feats, mask, image_hash, str(obj.object_id))
+            cand = candidates(feats, mask, image_hash, str(obj.object_id)) if candidates is not None else None
             objects.append(
                 TrainObject(
                     key=f"{sample.sample_id}/{obj.object_id}",
                     class_name=obj.class_name,
                     image_hash=image_hash,
-                    orig_hw=feats.orig_hw,
+                    orig_hw=orig_hw,
                     packed_mask=np.packbits(mask.reshape(-1)),
-                    grid=cand.grid,
-                    candidates_px=cand.points,
-                    best_dice=cand.best_dice,
+                    grid=cand.grid if cand is not None else empty,
+                    candidates_px=cand.points if cand is not None else empty,
+                    best_dice=cand.best_dice if cand is not None else float("nan"),
                     sample=sample,
                 )
             )
     return objects
 
 
+def _mean(values: Sequence[float]) -> float:
+    return float(np.mean(values)) if len(values) else 0.0
+
+
 def data_summary(objects: Sequence[TrainObject]) -> dict[str, Any]:
+    with_candidates = [o for o in objects if len(o.grid)]
     classes: dict[str, int] = {}
     for o in objects:
         classes[o.class_name] = classes.get(o.class_name, 0) + 1
@@ -92,9 +104,10 @@ def data_summary(objects: Sequence[TrainObject]) -> dict[str, Any]:
         "images": len({o.image_hash for o in objects}),
         "objects": len(objects),
         "classes": dict(sorted(classes.items())),
-        "mean_candidates": float(np.mean([len(o.candidates_px) for o in objects])) if objects else 0.0,
-        "mean_grid_points": float(np.mean([len(o.grid) for o in objects])) if objects else 0.0,
-        "mean_best_candidate_dice": float(np.mean([o.best_dice for o in objects])) if objects else 0.0,
+        # objects of the augmented path get their candidates per step: not counted here
+        "mean_candidates": _mean([len(o.candidates_px) for o in with_candidates]),
+        "mean_grid_points": _mean([len(o.grid) for o in with_candidates]),
+        "mean_best_candidate_dice": _mean([o.best_dice for o in with_candidates]),
     }
 
 

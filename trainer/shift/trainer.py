@@ -12,7 +12,15 @@ One optimiser step:
      gradient flows through the chosen mask's logits into the refined coordinates);
   4. L = α·Dice + β·Dist + γ·Out (``trainer.shift.losses.CompoundLoss``) at the original resolution,
      against the object's candidate set G (``trainer.shift.candidates``), averaged over all clicks;
-  5. AdamW step with gradient-norm clipping.
+  5. AdamW step (SAM2's recipe, ``trainer.shift.optim``: weight decay 0.1 except on biases, norms,
+     positional embeddings and the shift scale; gradient norm clipped at 0.1; the lr follows a
+     per-step cosine from ``lr`` to ``lr·lr_final_ratio``).
+
+With ``augment`` (the paper's setting) steps 2-4 run on augmented copies: every object's image and mask
+go through SAM2's augmentations (``trainer.augment``, seeded by (seed, step, object)), the augmented
+images of one size are encoded in one encoder call, each augmented object gets its candidate set on
+the fly (all its grid points in one batched decode), and the clicks are drawn inside the augmented
+mask.  Without it, features and candidates come from the caches (the fast path).
 
 Validation (after each epoch, or every ``val_every`` steps; with a ``steps`` budget and no
 ``val_every``, at most 50 times per run): mDSC of single clicks on the validation objects --
@@ -24,8 +32,9 @@ checkpoint with the best validation mDSC is kept (without validation data: the l
 ``cand_dist`` columns: mean Euclidean distance, in normalised image coordinates, of the refined
 clicks to their object's nearest candidate.
 
-Precision: on CUDA the shift block and SAM2's prompt encoder/decoder run under bf16 autocast
-(``amp``); the losses, validation and candidates are computed in float32.
+Precision: on CUDA the shift block and SAM2's mask decoder run under bf16 autocast (``amp``), and so
+does the encoder of the augmented path; SAM2's point embeddings stay float32 (``SAM2Engine``); the
+losses, validation and candidates are computed in float32.
 
 Determinism: every random draw comes from ``numpy.random.default_rng([seed, ...])`` keyed by
 (epoch) for the order and (step, object) for the clicks, the shift block is initialised under
@@ -37,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -48,13 +58,17 @@ from rpsam2_backend.engine.features import ImageFeatures
 from rpsam2_backend.engine.modeling.shift_block import ShiftBlock
 from rpsam2_backend.engine.predictor import RPSAM2Predictor
 from rpsam2_backend.engine.sam2_engine import SAM2Engine
+from trainer.augment import augment
 from trainer.feature_cache import FeatureCache
 from trainer.prompts import click_points
 from trainer.scores import dice as dice_score
-from trainer.shift.candidates import nearest_candidate_distance
+from trainer.shift.candidates import CandidateSet, grid_dice, grid_points, nearest_candidate_distance
 from trainer.shift.config import TrainConfig
 from trainer.shift.losses import CompoundLoss, LossTerms
 from trainer.shift.objects import TrainObject, validation_points
+from trainer.shift.optim import make_optimizer, scheduled_lr, set_lr
+
+log = logging.getLogger(__name__)
 
 MAX_STEP_VALIDATIONS = 50  # with --steps and no val_every: validate at most this often
 
@@ -85,10 +99,8 @@ class ShiftBlockTrainer:
                 block = ShiftBlock(config.shift)
         self.block = block.to(self.device)
         self.predictor = RPSAM2Predictor(engine)
-        self.loss_fn = CompoundLoss(config.alpha, config.beta, config.gamma, config.theta)
-        self.optimizer = torch.optim.AdamW(
-            self.block.parameters(), lr=config.lr, weight_decay=config.weight_decay
-        )
+        self.loss_fn = CompoundLoss(config.alpha, config.beta, config.gamma, config.theta, config.outside_loss)
+        self.optimizer = make_optimizer(self.block, config.lr, config.weight_decay)
         self.steps_per_epoch = math.ceil(len(self.train_objects) / config.batch_size)
         self.total_steps = config.steps or config.epochs * self.steps_per_epoch
         if config.val_every:
@@ -125,18 +137,23 @@ class ShiftBlockTrainer:
         return [int(i) for i in order[index * bs : (index + 1) * bs]]
 
     def forward_objects(
-        self, objects: Sequence[TrainObject], points: Sequence[np.ndarray]
+        self,
+        objects: Sequence[TrainObject],
+        points: Sequence[np.ndarray],
+        features: Sequence[ImageFeatures] | None = None,
     ) -> list[tuple[LossTerms, torch.Tensor, int, list[torch.Tensor]]]:
         """Refine, decode and score clicks; one refine + one decoder call per image size.
 
-        Returns per group: loss terms, refined normalised points, number of clicks, their candidate sets."""
+        ``features``: one (single-image) ``ImageFeatures`` per object instead of the cached ones (the
+        augmented path).  Returns per group: loss terms, refined normalised points, number of clicks,
+        their candidate sets."""
         groups: dict[tuple[int, int], list[int]] = {}
         for i, o in enumerate(objects):
             groups.setdefault(o.orig_hw, []).append(i)
         out = []
         for hw, members in groups.items():
             counts = [len(points[i]) for i in members]
-            feats = [self._features(objects[i]) for i in members]
+            feats = [features[i] if features is not None else self._features(objects[i]) for i in members]
             if len(members) == 1 or len({objects[i].image_hash for i in members}) == 1:
                 batch = feats[0]  # one image: the decoder repeats it itself
             else:
@@ -176,6 +193,9 @@ class ShiftBlockTrainer:
         cfg = self.config
         indices = self.batch_for_step(self.step)
         objects = [self.train_objects[i] for i in indices]
+        features = None
+        if cfg.augment:
+            objects, features = self.augmented_batch(objects, indices)
         if clicks is None:
             clicks = [
                 click_points(o.mask(), np.random.default_rng([cfg.seed, self.step, i]), cfg.points_per_object)
@@ -186,9 +206,11 @@ class ShiftBlockTrainer:
         points = [np.asarray(c, dtype=np.float64).reshape(-1, 2) for c in clicks]
         self.block.train()
         self.optimizer.zero_grad(set_to_none=True)
+        lr = scheduled_lr(self.step, self.total_steps, cfg.lr, cfg.lr_schedule, cfg.lr_final_ratio)
+        set_lr(self.optimizer, lr)
         total_points = sum(len(p) for p in points)
         sums = {"loss": 0.0, "dice": 0.0, "distance": 0.0, "outside": 0.0, "cand_dist": 0.0}
-        for terms, refined, n, cands in self.forward_objects(objects, points):
+        for terms, refined, n, cands in self.forward_objects(objects, points, features):
             weight = n / total_points
             (terms.total * weight).backward()
             for k, v in terms.as_floats().items():
@@ -198,10 +220,50 @@ class ShiftBlockTrainer:
         grad_norm = self._clip()
         self.optimizer.step()
         self.step += 1
-        row = {"step": self.step, "epoch": self.step / self.steps_per_epoch, **sums,
-               "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": grad_norm}
+        row = {"step": self.step, "epoch": self.step / self.steps_per_epoch, **sums, "lr": lr, "grad_norm": grad_norm}
         self.pending_steps.append(row)
         return row
+
+    # --- the augmented path ------------------------------------------------------------------
+    @torch.no_grad()
+    def augmented_batch(
+        self, objects: Sequence[TrainObject], indices: Sequence[int]
+    ) -> tuple[list[TrainObject], list[ImageFeatures]]:
+        """Augmented copies of this step's objects with their features and on-the-fly candidate sets.
+
+        One encoder call per image size for the whole batch; an object's candidates are all its grid
+        points decoded in one batched call (``candidate_chunk`` prompts per decoder call)."""
+        cfg = self.config
+        images, masks = [], []
+        for o, i in zip(objects, indices, strict=True):
+            rng = np.random.default_rng([cfg.seed, self.step, i, 1])
+            image, (mask,) = augment(o.sample.load_image(), [o.mask()], rng)
+            images.append(image)
+            masks.append(mask)
+        by_size: dict[tuple[int, ...], list[int]] = {}
+        for k, image in enumerate(images):
+            by_size.setdefault(image.shape, []).append(k)
+        features: list[ImageFeatures | None] = [None] * len(images)
+        for members in by_size.values():
+            with self._amp():
+                encoded = self.engine.encode_batch([images[k] for k in members])
+            for row, k in enumerate(members):
+                features[k] = ImageFeatures(
+                    encoded.image_embed[row : row + 1].float(),
+                    [t[row : row + 1].float() for t in encoded.high_res_feats],
+                    encoded.orig_hw,
+                )
+        out = []
+        for k, (o, mask) in enumerate(zip(objects, masks, strict=True)):
+            grid = grid_points(mask, cfg.grid)
+            dice = grid_dice(self.engine, features[k], grid, mask, cfg.candidate_chunk, cfg.multimask)
+            cand = CandidateSet(grid, dice, cfg.eps)
+            out.append(TrainObject(
+                key=f"{o.key}#aug{self.step}", class_name=o.class_name, image_hash=f"augmented:{self.step}:{k}",
+                orig_hw=o.orig_hw, packed_mask=np.packbits(mask.reshape(-1)), grid=cand.grid,
+                candidates_px=cand.points, best_dice=cand.best_dice, sample=o.sample,
+            ))
+        return out, [f for f in features if f is not None]
 
     def _clip(self) -> float:
         params = [p for p in self.block.parameters() if p.grad is not None]
@@ -257,7 +319,10 @@ class ShiftBlockTrainer:
                 f"cannot resume: the checkpoint's shift block {saved.shift} differs from {self.config.shift}"
             )
         self.block.load_state_dict(state["block"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as exc:  # a resume.pt of the single-group optimiser before SAM2's recipe
+            log.warning("optimiser state not restored (%s): AdamW moments restart from zero", exc)
         self.step = int(state["step"])
         self.history = json.loads(state["history"])
         self.best = json.loads(state["best"])

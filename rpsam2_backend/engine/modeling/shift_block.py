@@ -6,10 +6,17 @@
 
 Choices the paper leaves open (see README "Method notes"):
 - Points live in normalised [0, 1] image coordinates (θ=15 of the distance loss assumes it), so
-  σ(s) is the largest shift as a fraction of the side; s starts at logit(0.1): at most 10 %.
-- A layer is a standard pre-norm transformer decoder layer (d=256, 8 heads, FFN 2048): with 6
-  layers and a 64x64x256 image positional embedding this is ~10.5 M trainable parameters, close
-  to the paper's 12.1 M (its 2-layer variant: 5.8 M; ours: 4.2 M); the remainder is not described.
+  σ(s) is the largest shift as a fraction of the side.
+- "We initialize (s_x, s_y) with 0.1" (§3.2): by default the raw parameter s starts at 0.1, so
+  σ(s) ≈ 0.525 (``scale_init_mode="raw"``, the literal reading); ``scale_init_mode="sigma"`` makes
+  σ(s) itself 0.1 (at most 10 % of the side at the start), what this code did before.  A
+  ``shift_block.json`` written before the option existed (``max_shift``, no mode) loads with its
+  old meaning, σ(s) = max_shift.
+- A layer is a standard pre-norm transformer decoder layer (d=256, 8 heads, FFN 2048): 1,578,752
+  parameters, which matches the paper's per-layer cost ((12.1 M - 5.8 M) / 4 ≈ 1.575 M).  With 6
+  layers and a 64x64x256 image positional embedding this is 10.52 M trainable parameters (2 layers:
+  4.21 M) against the paper's 12.1 M (5.8 M): about 1.6 M of layer-independent parameters that
+  the paper does not describe (README "Method notes").
 - φ is initialised small (std 1e-2) so an untrained block barely moves points, yet gradients
   reach every layer from the first step.
 - P' is clamped to the image: SAM2 has no meaning for prompts outside it.
@@ -29,6 +36,9 @@ WEIGHTS_FILE = "shift_block.safetensors"
 CONFIG_FILE = "shift_block.json"
 
 
+SCALE_INIT_MODES = ("raw", "sigma")
+
+
 @dataclass(frozen=True)
 class ShiftBlockConfig:
     layers: int = 6
@@ -36,11 +46,30 @@ class ShiftBlockConfig:
     heads: int = 8
     ffn_dim: int = 2048
     image_tokens: int = 64 * 64
-    max_shift: float = 0.1  # σ(s) at initialisation
+    scale_init: float = 0.1  # the paper's "(s_x, s_y) initialised with 0.1"
+    scale_init_mode: str = "raw"  # "raw": s = scale_init (σ(s) ≈ 0.525); "sigma": σ(s) = scale_init
     dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.scale_init_mode not in SCALE_INIT_MODES:
+            raise ValueError(f"scale_init_mode must be one of {SCALE_INIT_MODES}, got {self.scale_init_mode!r}")
+        if self.scale_init_mode == "sigma" and not 0.0 < self.scale_init < 1.0:
+            raise ValueError(f"scale_init is σ(s) with scale_init_mode='sigma': it must be in (0, 1), "
+                             f"got {self.scale_init}")
+
+    @property
+    def initial_scale_logit(self) -> float:
+        """The raw parameter s at initialisation."""
+        if self.scale_init_mode == "raw":
+            return float(self.scale_init)
+        return math.log(self.scale_init / (1.0 - self.scale_init))
 
     @classmethod
     def from_dict(cls, data: dict) -> ShiftBlockConfig:
+        data = dict(data)
+        if "max_shift" in data and "scale_init_mode" not in data:
+            # Written before scale_init_mode existed: max_shift was σ(s) at initialisation.
+            data["scale_init"], data["scale_init_mode"] = data["max_shift"], "sigma"
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
@@ -66,8 +95,7 @@ class ShiftBlock(nn.Module):
         self.phi = nn.Linear(config.dim, 2)
         nn.init.normal_(self.phi.weight, std=1e-2)
         nn.init.zeros_(self.phi.bias)
-        logit = math.log(config.max_shift / (1.0 - config.max_shift))
-        self.scale_logit = nn.Parameter(torch.full((2,), logit))
+        self.scale_logit = nn.Parameter(torch.full((2,), config.initial_scale_logit))
 
     def forward(
         self, points: torch.Tensor, point_embed: torch.Tensor, image_embed: torch.Tensor

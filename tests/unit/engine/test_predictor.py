@@ -9,7 +9,7 @@ from rpsam2_backend.engine.predictor import PixelClick, RPSAM2Predictor
 
 
 def test_shift_moves_the_first_positive_click_only(sam2_engine, voc_features):
-    block = ShiftBlock(ShiftBlockConfig(layers=2, max_shift=0.3))
+    block = ShiftBlock(ShiftBlockConfig(layers=2, scale_init=0.3, scale_init_mode="sigma"))
     with torch.no_grad():
         block.phi.weight.normal_(std=1.0)
     pred = RPSAM2Predictor(sam2_engine, shift_block=block, shift_version="t1")

@@ -60,3 +60,68 @@ def test_cli_bad_input_exits_2_with_a_message(args, message, eval_data_root, tmp
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "out" / "report.md").exists()
+
+
+def test_cli_on_cataract1k_layout_writes_the_papers_summary_rows_and_a_baseline_column(tmp_path, capsys):
+    """Avg./W. Avg. ± in summary.json are the mean / object-count-weighted mean of the class stds, and a
+    second random-weight SAM2 given as --baseline is its own column with its own encoder."""
+    import numpy as np
+
+    from tests.unit.trainer.support_cataract1k import write_cataract1k
+    from trainer.eval.protocol import AVG_ROW, WEIGHTED_AVG_ROW
+
+    root = write_cataract1k(tmp_path / "Cataract-1K")
+    out = tmp_path / "out"
+    rc = cli_eval.main([
+        "--data", str(root), "--format", "cataract1k", "--split", "test", "--methods", "sam2", "--seeds", "3",
+        "--out", str(out), "--sam2-config", TINY_CONFIG, "--allow-random-weights", "--device", "cpu",
+        "--baseline", f"tiny2={TINY_CONFIG}:random", "--no-progress",
+    ])
+    assert rc == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    table = summary["tables"]["table1"]
+    assert table["methods"] == ["sam2", "tiny2"]
+    assert table["objects_per_class"] == {"Gauge": 1, "Spatula": 2}
+    cells = {(c["method"], c["row"], c["metric"]): c for c in table["cells"]}
+    for method in ("sam2", "tiny2"):
+        for metric in ("dice", "hd95"):
+            stds = {c: cells[(method, c, metric)]["std"] for c in ("Gauge", "Spatula")}
+            per_seed = {c: list(cells[(method, c, metric)]["per_seed"].values()) for c in ("Gauge", "Spatula")}
+            assert all(stds[c] == pytest.approx(np.std(per_seed[c]), abs=1e-12) for c in stds)
+            assert cells[(method, AVG_ROW, metric)]["std"] == pytest.approx((stds["Gauge"] + stds["Spatula"]) / 2)
+            assert cells[(method, WEIGHTED_AVG_ROW, metric)]["std"] == pytest.approx(
+                (1 * stds["Gauge"] + 2 * stds["Spatula"]) / 3)
+    # the baseline decodes its own masks (other random weights) from its own encoder, on the same points
+    rows = read_scores_csv(out / "scores.csv")
+    by = {(r["method"], r["seed"], r["sample_id"], r["object_id"]): r for r in rows}
+    assert len(rows) == 2 * 3 * 3
+    assert all(by[("tiny2", *k[1:])]["points"] == r["points"] for k, r in by.items() if k[0] == "sam2")
+    assert any(by[("tiny2", *k[1:])]["dice"] != r["dice"] for k, r in by.items() if k[0] == "sam2")
+    info = summary["info"]
+    assert info["encoder_calls"] == 2 and info["baseline_encoder_calls"] == {"tiny2": 2}
+    params = {m: info["methods"][m]["trainable_parameters"] for m in ("sam2", "tiny2")}
+    assert params["sam2"] == params["tiny2"] > 30e6  # hiera_t: the whole model, 38.9M
+    report = (out / "report.md").read_text()
+    assert f"| Classes | SAM2 ({params['sam2'] / 1e6:.1f}M) mDSC(%)↑" in report
+    assert f"tiny2 ({params['tiny2'] / 1e6:.1f}M) mDSC(%)↑" in report
+    assert "per-object means over seeds** (headline)" in report
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("tiny2", "NAME=CONFIG:CHECKPOINT"),
+    ("sam2=cfg.yaml:random", "is taken"),
+    ("x=cfg.yaml:/nonexistent.pt", "does not exist"),
+    ("bad name=cfg.yaml:random", "NAME may hold"),
+])
+def test_cli_bad_baselines_exit_2(value, message, eval_data_root, tmp_path, capsys):
+    rc = cli_eval.main(["--data", str(eval_data_root), "--format", "folder", "--methods", "sam2",
+                        "--out", str(tmp_path / "o"), "--allow-random-weights", "--sam2-config", TINY_CONFIG,
+                        "--baseline", value])
+    assert rc == 2 and message in capsys.readouterr().err
+
+
+def test_cli_random_baseline_needs_the_flag(eval_data_root, tmp_path, capsys):
+    rc = cli_eval.main(["--data", str(eval_data_root), "--format", "folder", "--methods", "sam2",
+                        "--out", str(tmp_path / "o"), "--sam2-config", TINY_CONFIG,
+                        "--baseline", f"t={TINY_CONFIG}:random"])
+    assert rc == 2 and "--allow-random-weights" in capsys.readouterr().err

@@ -105,3 +105,63 @@ def test_cli_split_selection_never_trains_on_val_or_test(tmp_path):
     assert (train, val) == (["frame0", "frame4"], ["frame1"])
     train, val = load("--val-split", "nothing", "--val-fraction", "0")
     assert (train, val) == (["frame0", "frame1", "frame4"], [])
+
+
+def test_paper_preset_sets_the_papers_training(tmp_path):
+    from trainer.cli.common import HIERA_L, PAPER_PRESET, resolve_preset
+    from trainer.cli.train import _config, build_parser
+
+    def config_for(*extra):
+        args = build_parser().parse_args(["--data", "d", "--format", "folder", "--out", "o", "--cache-dir", "none",
+                                          *extra])
+        record = resolve_preset(args, PAPER_PRESET)
+        return args, _config(args), record
+
+    args, config, record = config_for("--paper")
+    assert args.sam2_config == HIERA_L and record["preset"] == "paper" and record["overrides"] == {}
+    assert (config.epochs, config.batch_size, config.lr, config.points_per_object) == (1500, 4, 1e-4, 10)
+    recipe = (config.lr_schedule, config.lr_final_ratio, config.weight_decay, config.grad_clip)
+    assert recipe == ("cosine", 0.1, 0.1, 0.1)
+    assert config.augment and config.outside_loss == "below_half" and config.eps == 0.005
+    assert (config.alpha, config.beta, config.gamma, config.theta) == (1.0, 0.1, 1.0, 15.0)
+    assert (config.shift.layers, config.shift.scale_init, config.shift.scale_init_mode) == (6, 0.1, "raw")
+
+    args, config, record = config_for("--paper", "--layers", "2", "--no-augment")
+    assert config.shift.layers == 2 and not config.augment and config.epochs == 1500
+    assert record["overrides"] == {"layers": 2, "augment": False}
+
+    args, config, record = config_for()  # no preset: the fast defaults (cached path, 50 epochs)
+    assert record["preset"] is None and args.sam2_config is None
+    assert config.epochs == 50 and not config.augment and config.weight_decay == 0.1 and config.grad_clip == 0.1
+    args, config, _ = config_for("--outside-loss", "always", "--scale-init-mode", "sigma", "--lr-schedule", "constant")
+    assert config.outside_loss == "always" and config.lr_schedule == "constant"
+    assert config.shift.scale_init_mode == "sigma"
+
+
+def test_paper_preset_runs_and_is_written_to_the_runs_json(tmp_path, capsys):
+    """--paper with a tiny model and one step: the augmented path end to end, the preset in training.json."""
+    import json
+
+    from tests.unit.trainer.support_cataract1k import write_cataract1k
+    from trainer.cli.train import main
+
+    root = write_cataract1k(tmp_path / "Cataract-1K")
+    out = tmp_path / "paper"
+    code = main([
+        "--paper", "--data", str(root), "--format", "cataract1k", "--out", str(out), "--steps", "1",
+        "--batch-size", "1", "--layers", "1", "--grid-points", "6", "--val-fraction", "0", "--device", "cpu",
+        "--allow-random-weights", "--sam2-config", "configs/sam2.1/sam2.1_hiera_t.yaml", "--cache-dir", "none",
+        "--no-progress",
+    ])
+    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert printed.startswith("{") and '"preset": "paper"' in printed.splitlines()[0]
+    training = json.loads((out / "training.json").read_text())
+    run = training["run"]
+    assert run["preset"] == "paper" and run["preset_values"]["epochs"] == 1500
+    assert run["overrides"] == {"sam2_config": "configs/sam2.1/sam2.1_hiera_t.yaml", "batch_size": 1,
+                                "layers": 1, "steps": 1}
+    assert run["command"].startswith("rpsam2-train --paper")
+    assert training["config"]["augment"] is True and training["config"]["epochs"] == 1500
+    assert training["cache"]["candidates_computed"] == 0  # augmented: candidates found per step instead
+    assert training["result"]["steps"] == 1

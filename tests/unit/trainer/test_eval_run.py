@@ -65,10 +65,21 @@ def test_aggregation_is_per_seed_then_across_seeds(eval_run):
                             for s in range(SEEDS)]
                 cell = cells[(method, WEIGHTED_AVG_ROW, metric)]
                 assert cell["mean"] == pytest.approx(np.mean(per_seed), abs=1e-12)
-                assert cell["std"] == pytest.approx(np.std(per_seed), abs=1e-12)
-                # Avg. = per seed the plain mean of the two class means
+                assert cell["std_of_mean"] == pytest.approx(np.std(per_seed), abs=1e-12)
+                # the paper's W. Avg. ±: the class stds weighted by objects per class (forceps 3, knife 2)
+                class_std = {c: np.std([np.mean([r[metric] for r in rows if r["method"] == method
+                                                 and r["seed"] == s and r["class_name"] == c])
+                                        for s in range(SEEDS)]) for c in ("forceps", "knife")}
+                n = {c: len({r["object_id"] + r["sample_id"] for r in rows if r["class_name"] == c})
+                     for c in ("forceps", "knife")}
+                assert n == {"forceps": 3, "knife": 2}
+                weighted_std = (3 * class_std["forceps"] + 2 * class_std["knife"]) / 5
+                assert cell["std"] == pytest.approx(weighted_std, abs=1e-12)
+                # Avg. = per seed the plain mean of the two class means; ± the plain mean of the class stds
                 plain = [np.mean([np.mean([r[metric] for r in rows if r["method"] == method and r["seed"] == s
                                            and r["class_name"] == c]) for c in ("forceps", "knife")])
                          for s in range(SEEDS)]
                 assert cells[(method, AVG_ROW, metric)]["mean"] == pytest.approx(np.mean(plain), abs=1e-12)
-                assert cells[(method, AVG_ROW, metric)]["std"] == pytest.approx(np.std(plain), abs=1e-12)
+                assert cells[(method, AVG_ROW, metric)]["std"] == pytest.approx(
+                    (class_std["forceps"] + class_std["knife"]) / 2, abs=1e-12)
+                assert cells[(method, AVG_ROW, metric)]["std_of_mean"] == pytest.approx(np.std(plain), abs=1e-12)

@@ -99,12 +99,25 @@ def test_checkpoint_loads_in_the_backend_and_moves_the_click(trained_run, sam2_e
     assert plain.refined_point is None
 
 
-def test_resume_continues_exactly(trained_run, sam2_engine, voc_feature_cache):
+def test_resume_continues_exactly(trained_run, sam2_engine, voc_feature_cache, monkeypatch):
+    """A 4-step run interrupted after its step-2 validation point, then resumed, ends where the
+    uninterrupted run ended (the cosine lr schedule included: it depends on the planned total)."""
+    from trainer.shift.trainer import ShiftBlockTrainer
+
     tmp = trained_run["tmp"]
-    half = train_config(tmp, steps=2)
-    first = train_shift_block(trained_run["train"], trained_run["val"], sam2_engine, half, tmp / "resumed",
-                              feature_cache=voc_feature_cache)
-    assert first.steps == 2
+    original = ShiftBlockTrainer.train_step
+
+    def interrupted(self, clicks=None):
+        if self.step == 2:
+            raise KeyboardInterrupt("simulated interruption")
+        return original(self, clicks)
+
+    monkeypatch.setattr(ShiftBlockTrainer, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_shift_block(trained_run["train"], trained_run["val"], sam2_engine, train_config(tmp, steps=4),
+                          tmp / "resumed", feature_cache=voc_feature_cache)
+    monkeypatch.setattr(ShiftBlockTrainer, "train_step", original)
+    assert torch.load(tmp / "resumed" / "resume.pt", weights_only=True)["step"] == 2
     rest = train_config(tmp, steps=4, resume_from=str(tmp / "resumed"))
     second = train_shift_block(trained_run["train"], trained_run["val"], sam2_engine, rest, tmp / "resumed",
                                feature_cache=voc_feature_cache)

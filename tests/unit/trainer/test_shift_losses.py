@@ -110,7 +110,7 @@ def test_bilinear_value_matches_eq4_by_hand():
     point = torch.tensor([norm(1.25, 2.5)])  # = (1.75/4, 3/4) = (0.4375, 0.75)
     assert point[0].tolist() == pytest.approx([0.4375, 0.75])
     assert mask_value_at(point, mask[None]).item() == pytest.approx(0.875, abs=1e-6)
-    assert outside_loss(point, mask[None]).item() == pytest.approx(-math.log(0.875), rel=1e-5)
+    assert outside_loss(point, mask[None], mode="always").item() == pytest.approx(-math.log(0.875), rel=1e-5)
 
 
 def test_bilinear_value_on_soft_mask_by_hand():
@@ -148,7 +148,7 @@ def test_outside_loss_inside_point_is_zero_and_far_outside_is_capped():
 def test_outside_loss_gradient_by_hand():
     mask = torch.tensor(MASK_4x4, dtype=torch.float32)
     refined = torch.tensor([norm(1.25, 2.5)], requires_grad=True)
-    outside_loss(refined, mask[None]).sum().backward()
+    outside_loss(refined, mask[None], mode="always").sum().backward()
     # n = 0.875 (see above).  ∂n/∂x' = (1-Δy)(M[2,2]-M[2,1]) + Δy(M[3,2]-M[3,1]) = 0.5*(-1) + 0.5*0 = -0.5
     # ∂n/∂y' = (1-Δx)(M[3,1]-M[2,1]) + Δx(M[3,2]-M[2,2]) = 0.75*0 + 0.25*1 = 0.25
     # x' = u*W - 0.5 -> ∂x'/∂u = 4; L = -log n -> ∂L/∂u = -(1/n)*∂n/∂x'*4
@@ -156,6 +156,38 @@ def test_outside_loss_gradient_by_hand():
     expected = [-(1 / n) * -0.5 * 4, -(1 / n) * 0.25 * 4]
     assert refined.grad is not None
     assert refined.grad[0].tolist() == pytest.approx(expected, rel=1e-4)
+
+
+def test_outside_loss_penalises_only_points_deemed_outside_by_default():
+    """§2.4: "If n̂ < 0.5, the point is deemed outside the object, and we penalize it"."""
+    mask = torch.tensor(MASK_4x4, dtype=torch.float32)
+    # n̂ = 0.875 (inside, near the edge: see test_bilinear_value_matches_eq4_by_hand) -> 0 by default
+    near_edge = torch.tensor([norm(1.25, 2.5)], requires_grad=True)
+    loss = outside_loss(near_edge, mask[None])
+    assert loss.item() == 0.0
+    loss.sum().backward()
+    assert near_edge.grad.abs().sum().item() == 0.0  # nothing pushes an inside point
+    # x' = 1.75, y' = 2.0: between (row 2, col 1) = 1 and (row 2, col 2) = 0 at Δx = 0.75, Δy = 0:
+    # n̂ = 0.25·1 + 0.75·0 = 0.25 < 0.5 -> -log 0.25
+    outside = torch.tensor([norm(1.75, 2.0)])
+    assert mask_value_at(outside, mask[None]).item() == pytest.approx(0.25, abs=1e-6)
+    assert outside_loss(outside, mask[None]).item() == pytest.approx(math.log(4.0), rel=1e-5)
+    # exactly 0.5 is not "< 0.5": no penalty; the old form penalised it with log 2
+    half = torch.tensor([norm(1.5, 2.0)])
+    assert mask_value_at(half, mask[None]).item() == pytest.approx(0.5, abs=1e-6)
+    assert outside_loss(half, mask[None]).item() == 0.0
+    assert outside_loss(half, mask[None], mode="always").item() == pytest.approx(math.log(2.0), rel=1e-5)
+    with pytest.raises(ValueError, match="below_half"):
+        outside_loss(half, mask[None], mode="sometimes")
+
+
+def test_compound_loss_uses_the_outside_mode():
+    logits, gt, refined, candidates = _batch()
+    default = CompoundLoss()(logits, gt, refined, candidates)
+    always = CompoundLoss(outside_mode="always")(logits, gt, refined, candidates)
+    assert default.outside.item() == pytest.approx(outside_loss(refined, gt).mean().item(), rel=1e-6)
+    assert always.outside.item() == pytest.approx(outside_loss(refined, gt, mode="always").mean().item(), rel=1e-6)
+    assert always.outside.item() > default.outside.item()
 
 
 # ----------------------------------------------------------------------------- dice loss

@@ -105,3 +105,41 @@ def test_objects_of_different_images_share_one_decoder_call(sam2_engine, voc, vo
     for name in ("total", "dice", "distance", "outside"):
         expected = (getattr(apart[0][0], name) + getattr(apart[1][0], name)) / 2
         torch.testing.assert_close(getattr(joint[0], name), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_steps_follow_the_cosine_schedule_with_sam2s_groups(sam2_engine, voc, voc_feature_cache):
+    from trainer.shift.optim import scheduled_lr
+
+    config = train_config(None, cache_dir=None, steps=3, lr=1e-3)
+    assert (config.weight_decay, config.grad_clip, config.lr_schedule) == (0.1, 0.1, "cosine")
+    objects = prepare_objects([voc_sample(voc, [2])], voc_feature_cache, CandidateGenerator(sam2_engine, config.grid))
+    trainer = ShiftBlockTrainer(sam2_engine, config, objects, [], voc_feature_cache)
+    assert [g["weight_decay"] for g in trainer.optimizer.param_groups] == [0.1, 0.0]
+    rows = [trainer.train_step() for _ in range(3)]
+    assert [r["lr"] for r in rows] == pytest.approx([scheduled_lr(s, 3, 1e-3) for s in range(3)])
+    assert rows[0]["lr"] == pytest.approx(1e-3) and rows[1]["lr"] == pytest.approx(1e-4 + 0.45e-3 * 1.5)
+    assert all(g["lr"] == pytest.approx(rows[-1]["lr"]) for g in trainer.optimizer.param_groups)
+
+
+def test_augmented_steps_encode_augmented_images_and_find_candidates_on_the_fly(sam2_engine, voc):
+    """``augment``: no candidates or features precomputed for training; each step encodes its (augmented)
+    images in one encoder call and decodes the augmented objects' grid points for their candidates."""
+    config = train_config(None, cache_dir=None, steps=1, batch_size=2, augment=True, grid=GridSpec(target_points=6))
+    objects = prepare_objects([voc_sample(voc, [0, 1])], None, None)
+    assert all(len(o.grid) == 0 for o in objects)  # nothing precomputed
+    trainer = ShiftBlockTrainer(sam2_engine, config, objects, [], features=None)
+    encodes = sam2_engine.encode_count
+    augmented, feats = trainer.augmented_batch([trainer.train_objects[i] for i in trainer.batch_for_step(0)],
+                                               trainer.batch_for_step(0))
+    assert sam2_engine.encode_count - encodes == 2
+    assert len(feats) == 2 and all(f.image_embed.shape[0] == 1 for f in feats)
+    for aug in augmented:
+        mask = aug.mask()
+        assert len(aug.candidates_px) >= 1 and len(aug.grid) >= len(aug.candidates_px)
+        cols, rows = np.floor(aug.candidates_px).astype(int).T
+        assert mask[rows, cols].all()  # candidates lie on the augmented object
+    originals = {o.key: o.mask() for o in objects}
+    assert any(not np.array_equal(a.mask(), originals[a.key.split("#")[0]]) for a in augmented)
+    row = trainer.train_step()
+    assert np.isfinite(row["loss"]) and sam2_engine.encode_count - encodes == 4
+    assert trainer.block.phi.weight.grad is not None
