@@ -104,3 +104,14 @@ def pytest_collection_modifyitems(config, items) -> None:
             if folder == prefix or folder.startswith(prefix + "/"):
                 for mark in marks:
                     item.add_marker(mark)
+
+
+@pytest.fixture(scope="session")
+def video_engine():
+    """SAM2's video predictor (hiera_t, random weights) at a 128 px input: tests only."""
+    import torch
+
+    from rpsam2_backend.engine.video.tracker import VideoEngine
+
+    torch.manual_seed(0)
+    return VideoEngine.build(TINY_CONFIG, None, "cpu", image_size=128)

@@ -22,6 +22,7 @@ from label_studio_ml.model import LabelStudioMLManager
 
 from rpsam2_backend.core.errors import BackendError, BadRequest
 from rpsam2_backend.core.names import SEGMENT_JOB
+from rpsam2_backend.core.propagation_status import read_propagation_status
 from rpsam2_backend.core.retrain_status import read_status
 from rpsam2_backend.core.settings import Settings, get_settings
 from rpsam2_backend.labelstudio.rle_json import LabelStudioJSONEncoder
@@ -140,6 +141,7 @@ def create_app(settings: Settings, warm: bool = True, state: WebState | None = N
                 "model_versions": dispatch.get("model_versions", []),
                 "dispatch": dispatch,
                 "last_retrain": read_status(settings.model.model_dir),
+                "last_propagation": read_propagation_status(settings.model.model_dir),  # per project
             }
         )
 
