@@ -104,7 +104,8 @@ def _submit(ls: FakeLabelStudio, frame: int, annotation_id: int, regions: list[d
 
 
 def test_predictions_land_on_the_next_unannotated_frames_with_sam2s_masks(ls, tmp_path, video_engine):
-    seed = _submit(ls, 1, 11, [_region("r-tool", MASKS[0]["Tool"], "Tool"), _region("r-knife", MASKS[0]["Knife"], "Knife")])
+    seed = _submit(ls, 1, 11, [_region("r-tool", MASKS[0]["Tool"], "Tool"),
+                               _region("r-knife", MASKS[0]["Knife"], "Knife")])
     _submit(ls, 3, 31, [_region("x", MASKS[2]["Tool"], "Tool")])  # a person labelled frame 3 already
     settings = _settings(tmp_path)
     status = propagate_job({"project": "1", "task": seed, "reason": "ANNOTATION_CREATED"}, settings, video_engine)
@@ -122,7 +123,8 @@ def test_predictions_land_on_the_next_unannotated_frames_with_sam2s_masks(ls, tm
         assert set(regions) == {"r-tool", "r-knife"}
         for region_id, label in (("r-tool", "Tool"), ("r-knife", "Knife")):
             region = regions[region_id]
-            assert region["value"]["brushlabels"] == [label] and (region["from_name"], region["to_name"]) == ("tag", "image")
+            assert region["value"]["brushlabels"] == [label]
+            assert (region["from_name"], region["to_name"]) == ("tag", "image")
             assert (region["original_width"], region["original_height"]) == (128, 96)
             mask = rle_to_mask(region["value"]["rle"], 96, 128)
             assert mask.shape == (96, 128) and mask.any()
