@@ -2,9 +2,10 @@
 
 Layers, each importing only the layers below it (an import-linter contract checks this)::
 
-    cli                                  rpsam2-train / -eval / -retrain / -models
+    cli                                  rpsam2-train / -eval / -retrain / -models / -propagate
     retrain                              the retrain job (RQ names it: trainer.retrain.retrain_job)
-    pseudo_labels | decoder_ft           pseudo-masks for click-only tasks | SAM2-FT
+    pseudo_labels | decoder_ft | video   pseudo-masks for click-only tasks | SAM2-FT | video propagation
+                                         (trainer.video.job.propagate_job)
     eval                                 the paper's evaluation protocol, tables, heatmaps, reports
     shift                                candidates, compound loss, shift-block trainer and run loop
     accepted_labels                      a Label Studio project's accepted labels
