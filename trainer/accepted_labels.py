@@ -148,8 +148,8 @@ class LabelStudioClient:
     def __init__(self, url: str, token: str, timeout: float = 60.0) -> None:
         if not url:
             raise LabelStudioUnavailable(
-                "LABEL_STUDIO_URL is not set (and no /setup announced a host): the retrain job cannot "
-                "read the project's labels"
+                "LABEL_STUDIO_URL is not set (and no /setup announced a host): the learning loop's jobs "
+                "(retrain, propagation) cannot read the project's tasks"
             )
         self.url = url.rstrip("/")
         self.session = requests.Session()
