@@ -16,7 +16,15 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import bench_cache, bench_candidates, bench_pseudo, bench_queue, bench_rle, bench_training
+from benchmarks import (
+    bench_cache,
+    bench_candidates,
+    bench_pseudo,
+    bench_queue,
+    bench_rle,
+    bench_training,
+    bench_video,
+)
 from benchmarks.common import Row, fmt_s, machine_info, markdown_table, set_device, text_table
 
 README = Path(__file__).with_name("README.md")
@@ -30,6 +38,7 @@ BENCHMARKS: dict[str, Callable[..., list[Row]]] = {
     "cache": bench_cache.run,
     "queue": bench_queue.run,
     "candidates": bench_candidates.run,
+    "video": bench_video.run,
 }
 
 

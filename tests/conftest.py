@@ -106,6 +106,17 @@ def pytest_collection_modifyitems(config, items) -> None:
                     item.add_marker(mark)
 
 
+@pytest.fixture(scope="session")
+def video_engine():
+    """SAM2's video predictor (hiera_t, random weights) at a 128 px input: tests only."""
+    import torch
+
+    from rpsam2_backend.engine.video.tracker import VideoEngine
+
+    torch.manual_seed(0)
+    return VideoEngine.build(TINY_CONFIG, None, "cpu", image_size=128)
+
+
 # Property tests: reproducible in CI (derandomised), no example database in the repository.
 os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(Path(os.environ.get("TMPDIR", "/tmp")) / "rpsam2-hypothesis"))
 from hypothesis import HealthCheck, settings  # noqa: E402  (after the storage directory is set)

@@ -31,6 +31,7 @@ from rpsam2_backend.core.settings import Settings
 from rpsam2_backend.labelstudio.images import ImageLoader
 from rpsam2_backend.labelstudio.label_config import LabelConfig, parse_label_config
 from rpsam2_backend.labelstudio.tasks import image_url
+from rpsam2_backend.labelstudio.video_frames import video_of
 from trainer.datasets.base import Dataset, Sample
 from trainer.datasets.labelstudio_export import _timestamp, brush_objects
 from trainer.prompts import stable_hash
@@ -51,6 +52,7 @@ class TaskLabel:
     image_url: str
     annotation_id: int
     annotation: dict
+    video: str | None = None  # the video the task is a frame of (labelstudio.video_frames), if any
 
 
 @dataclass
@@ -112,8 +114,12 @@ def annotated_image(task: dict, annotation: dict, config: LabelConfig) -> str | 
         return None
 
 
-def classify_tasks(project: str, tasks: list[dict], config: LabelConfig) -> ProjectLabels:
-    """Apply the rule of the module docstring to an export (a list of tasks with annotations)."""
+def classify_tasks(
+    project: str, tasks: list[dict], config: LabelConfig, video_keys: tuple[str, str] = ("video", "frame")
+) -> ProjectLabels:
+    """Apply the rule of the module docstring to an export (a list of tasks with annotations).
+
+    ``video_keys`` (RPSAM2_VIDEO_KEY, RPSAM2_FRAME_KEY) say which tasks are frames of one video."""
     reviewed = any(has_review_data(a) for t in tasks for a in t.get("annotations") or [] if isinstance(a, dict))
     labels = ProjectLabels(project, config, reviewed=reviewed)
     for task in tasks:
@@ -121,7 +127,8 @@ def classify_tasks(project: str, tasks: list[dict], config: LabelConfig) -> Proj
         url = annotated_image(task, winner, config) if winner is not None else None
         if winner is None or url is None:
             continue
-        item = TaskLabel(int(task["id"]), url, int(winner.get("id") or 0), winner)
+        item = TaskLabel(int(task["id"]), url, int(winner.get("id") or 0), winner,
+                         video_of(task, video_keys[0], video_keys[1], url))
         kinds = _kinds(winner)
         if "brushlabels" in kinds and brush_objects(winner):
             labels.accepted.append(item)
@@ -141,8 +148,8 @@ class LabelStudioClient:
     def __init__(self, url: str, token: str, timeout: float = 60.0) -> None:
         if not url:
             raise LabelStudioUnavailable(
-                "LABEL_STUDIO_URL is not set (and no /setup announced a host): the retrain job cannot "
-                "read the project's labels"
+                "LABEL_STUDIO_URL is not set (and no /setup announced a host): the learning loop's jobs "
+                "(retrain, propagation) cannot read the project's tasks"
             )
         self.url = url.rstrip("/")
         self.session = requests.Session()
@@ -173,19 +180,39 @@ class LabelStudioClient:
             raise LabelStudioUnavailable(f"export of project {project} is not a list of tasks")
         return tasks
 
+    def all_tasks(self, project: str) -> list[dict]:
+        """Every task with its annotations, labelled or not (the export alone skips unlabelled ones)."""
+        tasks = self.request("GET", f"/api/projects/{project}/export",
+                             params={"exportType": "JSON", "download_all_tasks": "true"})
+        if not isinstance(tasks, list):
+            raise LabelStudioUnavailable(f"export of project {project} is not a list of tasks")
+        return tasks
+
+    def predictions(self, project: str) -> list[dict]:
+        """The project's predictions (id, task, model_version, score, result)."""
+        found = self.request("GET", "/api/predictions", params={"project": project}) or []
+        if not isinstance(found, list):
+            raise LabelStudioUnavailable(f"predictions of project {project} are not a list")
+        return found
+
     def prediction_versions(self, project: str) -> dict[int, set[str]]:
         found: dict[int, set[str]] = {}
-        for pred in self.request("GET", "/api/predictions", params={"project": project}) or []:
+        for pred in self.predictions(project):
             found.setdefault(int(pred["task"]), set()).add(str(pred.get("model_version") or ""))
         return found
 
     def import_predictions(self, project: str, predictions: list[dict]) -> None:
         self.request("POST", f"/api/projects/{project}/import/predictions", json=predictions)
 
+    def delete_prediction(self, prediction_id: int) -> None:
+        self.request("DELETE", f"/api/predictions/{int(prediction_id)}/")
 
-def fetch_project_labels(client: LabelStudioClient, project: str) -> ProjectLabels:
+
+def fetch_project_labels(
+    client: LabelStudioClient, project: str, video_keys: tuple[str, str] = ("video", "frame")
+) -> ProjectLabels:
     config = parse_label_config(client.label_config(project))
-    labels = classify_tasks(project, client.export_tasks(project), config)
+    labels = classify_tasks(project, client.export_tasks(project), config, video_keys)
     labels.predictions = client.prediction_versions(project)
     log.info(
         "project %s: %d accepted masks, %d click-only tasks%s", project, len(labels.accepted),
@@ -209,18 +236,24 @@ def to_dataset(items: list[TaskLabel], loader: ImageLoader, name: str) -> Datase
 
 
 def split_train_val(items: list[TaskLabel], val_fraction: float) -> tuple[list[TaskLabel], list[TaskLabel]]:
-    """Deterministic split by task id: a task stays on its side as the project grows.
+    """Deterministic split by task id, or by video for frames of one: a task (a video) stays on its
+    side as the project grows, and neighbouring frames of one video, near-identical, never sit on
+    both sides.
 
-    A task is in validation when a stable hash of its id falls below ``val_fraction``; at least one
-    task goes to each side when there are two or more.
+    A group (a video, or a task that is no video frame) is in validation when a stable hash of its
+    key falls below ``val_fraction``; at least one group goes to each side when there are two or
+    more.  A task with no video keeps the hash of its id, so projects without videos split as before.
     """
-    scored = sorted(items, key=lambda t: stable_hash(("rpsam2-val", t.task_id)))
-    val_ids = {t.task_id for t in items if stable_hash(("rpsam2-val", t.task_id)) / 2**63 < val_fraction}
-    if len(items) >= 2:
-        if not val_ids:
-            val_ids = {scored[0].task_id}
-        if len(val_ids) == len(items):
-            val_ids.discard(scored[-1].task_id)
-    train = [t for t in items if t.task_id not in val_ids]
-    val = [t for t in items if t.task_id in val_ids]
+    def key(t: TaskLabel) -> Any:
+        return ("rpsam2-val-video", t.video) if t.video is not None else ("rpsam2-val", t.task_id)
+
+    groups = sorted({key(t) for t in items}, key=stable_hash)
+    val_keys = {k for k in groups if stable_hash(k) / 2**63 < val_fraction}
+    if len(groups) >= 2:
+        if not val_keys:
+            val_keys = {groups[0]}
+        if len(val_keys) == len(groups):
+            val_keys.discard(groups[-1])
+    train = [t for t in items if key(t) not in val_keys]
+    val = [t for t in items if key(t) in val_keys]
     return train, val

@@ -6,7 +6,8 @@ RQ job's ``meta["progress"]``:
 
 1. labels     accepted masks and click-only tasks of the project (``trainer.accepted_labels``);
               fewer than ``RPSAM2_RETRAIN_MIN_LABELS`` accepted masks -> "skipped".
-2. split      deterministic train/validation split by task id (``RPSAM2_RETRAIN_VAL_FRACTION``).
+2. split      deterministic train/validation split by task id, or by video for video frames, so
+              neighbouring frames never sit on both sides (``RPSAM2_RETRAIN_VAL_FRACTION``).
 3. shift      fine-tune the shift block from the live version (``train_shift_block``,
               ``RPSAM2_RETRAIN_STEPS`` steps); store it as a new (not live) version.
 4. gate       live vs candidate on the validation split with the paper's protocol
@@ -220,7 +221,7 @@ def _run(settings: Settings, payload: RetrainPayload, project: str, progress: Pr
     try:
         progress("labels", "reading accepted labels from Label Studio")
         client, loader = _client_and_loader(settings, payload)
-        labels = al.fetch_project_labels(client, project)
+        labels = al.fetch_project_labels(client, project, (learning.video_key, learning.frame_key))
         report["labels"] = {"accepted": len(labels.accepted), "click_only": len(labels.click_only),
                             "reviewed": labels.reviewed}
         if len(labels.accepted) < max(2, learning.retrain_min_labels):

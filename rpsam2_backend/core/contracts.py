@@ -59,6 +59,17 @@ class RetrainPayload(TypedDict):
     label_studio: NotRequired[LabelStudioAccess]
 
 
+class PropagationPayload(TypedDict):
+    """A submitted frame whose masks go to its neighbours; the job reads the task's latest
+    annotation from Label Studio when it runs, so a queued job always propagates the newest one."""
+
+    project: str
+    task: int
+    annotation: NotRequired[int]  # the annotation that triggered it (for logs; the latest one wins)
+    reason: str
+    label_studio: NotRequired[LabelStudioAccess]
+
+
 class CacheStats(TypedDict):
     entries: int
     bytes: int

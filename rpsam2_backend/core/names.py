@@ -21,6 +21,8 @@ WARM_RUNTIME = "rpsam2_backend.jobs.runtime.warm_runtime"
 INLINE_HEALTH = "rpsam2_backend.jobs.runtime.inline_health"
 LOAD_WORKER_RUNTIME = "rpsam2_backend.jobs.runtime.load_worker_runtime"
 WORKER_RUNTIME_STATS = "rpsam2_backend.jobs.runtime.runtime_stats"
+# Video propagation of a submitted frame's masks (trainer/video/job.py).
+PROPAGATE_JOB = "trainer.video.job.propagate_job"
 
 # --- Redis keys ----------------------------------------------------------------------------------
 PRESENCE_PREFIX = "rpsam2:worker:"
@@ -29,11 +31,19 @@ RETRAIN_COUNT_KEY = "rpsam2:retrain:count:{project}"
 RETRAIN_ENQUEUE_LOCK_KEY = "rpsam2:retrain:enqueue:{project}"
 RETRAIN_RUN_LOCK_KEY = "rpsam2:retrain:running:{project}"
 RETRAIN_SCHEDULE_PREFIX = "rpsam2-retrain-{project}-at-"
+PROPAGATE_ENQUEUE_LOCK_KEY = "rpsam2:propagate:enqueue:{project}:{task}"
 
 
 def retrain_job_id(project: int | str) -> str:
     """The fixed RQ job id of a project's triggered retrain (rq's ``unique=True`` refuses a second)."""
     return f"rpsam2-retrain-{project}"
+
+
+def propagate_job_ids(project: int | str, task: int | str) -> tuple[str, str]:
+    """The two fixed RQ job ids of a task's propagation: one may run while the other waits for it,
+    so a submission made during a run is propagated after it (never beside it, never lost)."""
+    base = f"rpsam2-propagate-{project}-{task}"
+    return base, f"{base}-next"
 
 
 # --- fixed TTLs and timeouts (seconds) -----------------------------------------------------------
@@ -52,6 +62,7 @@ URL_KEY_MEMORY = 10_000  # task URLs whose image key a runtime remembers (skips 
 LIVE_FILE = "LIVE"  # MODEL_DIR/<kind>/LIVE holds the live version's name
 RETRAIN_STATUS_FILE = "retrain_status.json"
 RETRAIN_COUNTS_FILE = "retrain_counts.json"
+PROPAGATION_STATUS_FILE = "propagation_status.json"
 
 # --- SAM2 checkpoints ------------------------------------------------------------------------------
 # Meta's released file name for each packaged sam2.1 config (what `make checkpoints` fetches).
@@ -92,3 +103,23 @@ def live_version(model_dir: str | Path, kind: str) -> str | None:
     except FileNotFoundError:
         return None
     return name or None
+
+
+# --- video propagation ------------------------------------------------------------------------------
+PROPAGATED_PREFIX = "propagated from task"  # model_version of every propagated prediction starts so
+
+
+def propagation_version(task: int | str, annotation: int | str, sam2_config: str, random_weights: bool) -> str:
+    """The model_version of predictions propagated from a task's annotation, e.g.
+    ``propagated from task 12 (annotation 34) by sam2.1_hiera_l``: Label Studio's Data Manager
+    shows where a suggestion came from, and a newer submission finds the ones it supersedes."""
+    version = f"{PROPAGATED_PREFIX} {task} (annotation {annotation}) by {config_stem(sam2_config)}"
+    return version + (" RANDOM-WEIGHTS" if random_weights else "")
+
+
+def propagated_from(model_version: str | None) -> str | None:
+    """The source task id of a propagated prediction's model_version, None for any other prediction."""
+    text = str(model_version or "")
+    if not text.startswith(PROPAGATED_PREFIX + " "):
+        return None
+    return text[len(PROPAGATED_PREFIX) + 1 :].split(" ", 1)[0] or None

@@ -102,6 +102,15 @@ class LearningSettings:
     retrain_std_tolerance: float = env("RPSAM2_RETRAIN_STD_TOLERANCE", 0.01)
     decoder_ft_steps: int = env("RPSAM2_DECODER_FT_STEPS", 100)
     pseudo_batch: int = env("RPSAM2_PSEUDO_BATCH", 50, min=1)
+    # Video: a submitted frame's masks propagate to its neighbours (trainer/video, engine/video).
+    propagate_frames: int = env("RPSAM2_PROPAGATE_FRAMES", 0, max=100_000)
+    propagate_backward: bool = env("RPSAM2_PROPAGATE_BACKWARD", False)
+    propagate_min_confidence: float = env("RPSAM2_PROPAGATE_MIN_CONFIDENCE", 0.3, max=1.0)
+    propagate_offload_state: bool = env("RPSAM2_PROPAGATE_OFFLOAD_STATE", False)
+    propagate_image_size: int = env("RPSAM2_PROPAGATE_IMAGE_SIZE", 0, max=4096)
+    propagate_timeout: int = env("RPSAM2_PROPAGATE_TIMEOUT", 3600, min=1)
+    video_key: str = env("RPSAM2_VIDEO_KEY", "video")
+    frame_key: str = env("RPSAM2_FRAME_KEY", "frame")
 
 
 SECTIONS = {

@@ -41,19 +41,24 @@ def load_sam2(config: str, checkpoint: str | None, device: str) -> torch.nn.Modu
     except Exception as exc:  # hydra's errors are long; keep the cause, name the setting
         raise ConfigError(f"cannot build SAM2 from RPSAM2_SAM2_CONFIG={config!r}: {exc}") from exc
     if checkpoint is not None:
-        try:
-            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ConfigError(f"cannot read SAM2 checkpoint {checkpoint}: {exc}") from exc
-        state = state.get("model", state) if isinstance(state, dict) else state
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ConfigError(
-                f"SAM2 checkpoint {checkpoint} does not match config {config}: "
-                f"{len(missing)} missing keys (e.g. {missing[:3]}), "
-                f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"
-            )
+        load_checkpoint(model, config, checkpoint)
     return model.to(device).eval()
+
+
+def load_checkpoint(model: torch.nn.Module, config: str, checkpoint: str) -> None:
+    """Meta's SAM2 ``.pt`` (``{"model": state_dict}``) into a model built from ``config``, strictly."""
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ConfigError(f"cannot read SAM2 checkpoint {checkpoint}: {exc}") from exc
+    state = state.get("model", state) if isinstance(state, dict) else state
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ConfigError(
+            f"SAM2 checkpoint {checkpoint} does not match config {config}: "
+            f"{len(missing)} missing keys (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
 
 
 def resolve_device(device: str) -> str:

@@ -25,6 +25,7 @@ from werkzeug.exceptions import BadRequest as HTTPBadRequest
 
 from rpsam2_backend.core.errors import BadRequest, ConfigError
 from rpsam2_backend.core.names import SEGMENT_JOB
+from rpsam2_backend.core.propagation_status import read_propagation_status
 from rpsam2_backend.core.retrain_status import read_status
 from rpsam2_backend.core.settings import Settings, get_settings
 from rpsam2_backend.web.errors import error_response, install_error_handling
@@ -151,6 +152,7 @@ def create_app(settings: Settings, warm: bool = True, state: WebState | None = N
                 "model_versions": dispatch.get("model_versions", []),
                 "dispatch": dispatch,
                 "last_retrain": read_status(settings.model.model_dir),
+                "last_propagation": read_propagation_status(settings.model.model_dir),  # per project
             }
         )
 

@@ -13,6 +13,10 @@ Triggers, per Label Studio project:
 How a retrain runs (training queue with a fixed job id, or a thread without Redis) is
 ``queue.retrain.trigger_retrain``.  Counters live in Redis (``rpsam2:retrain:count:<project>``),
 or without Redis in ``MODEL_DIR/retrain_counts.json``.
+
+Video: with ``RPSAM2_PROPAGATE_FRAMES`` > 0, a created or updated annotation with brush masks also
+starts a propagation of its masks to the task's neighbouring frames, on the training queue
+(``queue.propagation.trigger_propagation``); its answer is under ``"propagation"``.
 """
 
 from __future__ import annotations
@@ -25,9 +29,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rpsam2_backend.core.contracts import LabelStudioAccess, PropagationPayload
 from rpsam2_backend.core.names import RETRAIN_COUNT_KEY, RETRAIN_COUNTS_FILE
 from rpsam2_backend.core.settings import Settings
 from rpsam2_backend.queue.connection import connect
+from rpsam2_backend.queue.propagation import trigger_propagation
 from rpsam2_backend.queue.retrain import trigger_retrain
 from rpsam2_backend.web.state import WebState
 
@@ -66,6 +72,20 @@ def review_rejected(annotation: dict[str, Any]) -> bool:
     return annotation.get("last_action") == "rejected"
 
 
+def task_of(data: dict[str, Any]) -> int | None:
+    """The Label Studio task id of an annotation webhook body (None when absent)."""
+    annotation = data.get("annotation") if isinstance(data.get("annotation"), dict) else {}
+    task = annotation.get("task")
+    if isinstance(task, dict):
+        task = task.get("id")
+    if task is None and isinstance(data.get("task"), dict):
+        task = data["task"].get("id")
+    try:
+        return None if isinstance(task, bool) or task is None else int(task)
+    except (TypeError, ValueError):
+        return None
+
+
 def counts_as_label(annotation: dict[str, Any] | None) -> bool:
     """A usable new label: not cancelled (skipped), not rejected, with a brush mask or a keypoint."""
     if not isinstance(annotation, dict) or annotation.get("was_cancelled") or review_rejected(annotation):
@@ -89,14 +109,36 @@ def on_event(event: str | None, data: dict[str, Any], state: WebState) -> dict[s
         return {"event": event, **trigger_retrain(settings, project, "START_TRAINING", label_studio)}
     if not counts_as_label(data.get("annotation")):
         return {"event": event, "enqueued": False, "reason": "annotation is not a usable label"}
+    propagation = _propagate(settings, project, data, event, label_studio)
     count = _counter(settings).increment(project)
-    out = {"event": event, "project": project, "new_labels": count}
+    out = {"event": event, "project": project, "new_labels": count, **propagation}
     if settings.learning.retrain_every <= 0 or count < settings.learning.retrain_every:
         return {**out, "enqueued": False, "reason": f"{count}/{settings.learning.retrain_every or '-'} new labels"}
     result = trigger_retrain(settings, project, f"{count} new labels", label_studio)
     if result["enqueued"]:
         _counter(settings).reset(project)
     return {**out, **result}
+
+
+def _propagate(
+    settings: Settings, project: str, data: dict[str, Any], event: str, label_studio: LabelStudioAccess | None
+) -> dict[str, Any]:
+    """Start a video propagation of a submitted frame's masks (RPSAM2_PROPAGATE_FRAMES > 0)."""
+    annotation = data.get("annotation") or {}
+    has_masks = any(isinstance(i, dict) and i.get("type") == "brushlabels" for i in annotation.get("result") or [])
+    task = task_of(data)
+    if settings.learning.propagate_frames <= 0 or not has_masks or task is None:
+        return {}
+    payload: PropagationPayload = {"project": project, "task": task, "reason": event}
+    if isinstance(annotation.get("id"), int):
+        payload["annotation"] = annotation["id"]
+    if label_studio:
+        payload["label_studio"] = label_studio
+    try:
+        return {"propagation": trigger_propagation(settings, payload)}
+    except Exception as exc:  # a Redis hiccup must not lose the label count (nor answer 500 to LS)
+        log.warning("propagation of task %s not started: %s", task, exc)
+        return {"propagation": {"enqueued": False, "reason": f"{type(exc).__name__}: {exc}"}}
 
 
 # ------------------------------------------------------------------------------ counters

@@ -193,13 +193,13 @@ class Stack:
             proc.stop()
 
 
-def start_stack(log_dir: Path, **settings: str) -> Stack:
+def start_stack(log_dir: Path, worker_queues: str = "click", **settings: str) -> Stack:
     log_dir.mkdir(parents=True, exist_ok=True)
     redis_proc, redis_url = start_redis(log_dir)
     procs = [redis_proc]
     try:
         env = backend_env(REDIS_URL=redis_url, MODEL_DIR=str(log_dir / "models"), **settings)
-        worker = start_worker(log_dir, env)
+        worker = start_worker(log_dir, env, queues=worker_queues)
         procs.append(worker)
         backend, url = start_backend(log_dir, env, free_port())
         procs.append(backend)

@@ -26,9 +26,27 @@ def add_sam2_arguments(group: argparse._ArgumentGroup) -> None:
 
 def build_engine(args: argparse.Namespace):
     """SAM2 from the command line over the environment's settings (ConfigError names the fix)."""
-    from rpsam2_backend.core.settings import Settings
     from rpsam2_backend.engine.build import resolve_device
     from rpsam2_backend.engine.sam2_engine import SAM2Engine
+
+    settings = model_settings(args)
+    checkpoint = settings.resolved_checkpoint()
+    return SAM2Engine.build(settings.model.sam2_config, checkpoint, resolve_device(settings.model.device))
+
+
+def build_video_engine(args: argparse.Namespace):
+    """SAM2's video predictor from the same options (one per process: ``shared_video_engine``)."""
+    from rpsam2_backend.engine.build import resolve_device
+    from rpsam2_backend.engine.video.tracker import shared_video_engine
+
+    settings = model_settings(args)
+    return shared_video_engine(settings.model.sam2_config, settings.resolved_checkpoint(),
+                               resolve_device(settings.model.device), settings.learning.propagate_image_size)
+
+
+def model_settings(args: argparse.Namespace):
+    """The environment's settings with the SAM2 options of the command line applied."""
+    from rpsam2_backend.core.settings import Settings
 
     changes: dict = {}
     if args.sam2_config:
@@ -41,9 +59,7 @@ def build_engine(args: argparse.Namespace):
         changes["allow_random_weights"] = True
     if args.device:
         changes["device"] = args.device
-    settings = Settings.from_env().with_("model", **changes)
-    checkpoint = settings.resolved_checkpoint()
-    return SAM2Engine.build(settings.model.sam2_config, checkpoint, resolve_device(settings.model.device))
+    return Settings.from_env().with_("model", **changes)
 
 
 def run_cli(prog: str, parser: argparse.ArgumentParser, run: Callable, argv: Sequence[str] | None) -> int:

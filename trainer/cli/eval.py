@@ -84,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="image-embedding cache folder, e.g. rpsam2-train's (stored as float16); "
                        "default: none -- each image is encoded once per run anyway")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    video = p.add_argument_group("video (trainer/eval/video.py)")
+    video.add_argument("--video", action="store_true",
+                       help="propagation mode: seed each object on its first frame of a video (ground-truth mask "
+                       "for sam2, one click refined by the shift block for rpsam2, plus sam2-click), track it with "
+                       "SAM2's video predictor, report mDSC / mHD95 per distance from the seed frame")
+    video.add_argument("--max-distance", type=int, default=10, help="frames tracked after each seed frame (--video)")
     return p
 
 
@@ -203,9 +209,11 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from trainer.eval.run import evaluate
     from trainer.shift.candidates import GridSpec
 
-    for flag in ("seeds", "points", "batch_size", "heatmap_points"):
+    for flag in ("seeds", "points", "batch_size", "heatmap_points", "max_distance"):
         if getattr(args, flag) < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be >= 1")
+    if args.video:
+        return _run_video(args, argv)
     if args.heatmaps < 0:
         raise UsageError("--heatmaps must be >= 0")
     names = _methods(args.methods, args)
@@ -241,6 +249,38 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     print(f"report: {result.report_path}\nscores: {result.scores_path}\nsummary: {result.summary_path}")
     if result.heatmaps:
         print(f"heatmaps: {len(result.heatmaps)} PNG in {result.out_dir / 'heatmaps'}")
+    return 0
+
+
+def _run_video(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from tqdm import tqdm
+
+    from rpsam2_backend.core.errors import ConfigError
+    from trainer.cli.common import build_video_engine
+    from trainer.eval.video import CLICK, MASK, VideoMethod, evaluate_video
+
+    names = _methods(args.methods, args)
+    if "sam2ft" in names:
+        raise UsageError("--video seeds with sam2 (mask) or rpsam2 (refined click); sam2ft is not a video seed")
+    dataset, split = _load_data(args)
+    try:
+        engine, video_engine = build_engine(args), build_video_engine(args)
+    except (ValueError, ConfigError) as exc:
+        raise UsageError(str(exc)) from exc
+    methods = {"sam2": VideoMethod("SAM2 from the ground-truth mask", MASK)} if "sam2" in names else {}
+    if "rpsam2" in names:
+        block = _method_specs(["rpsam2"], args, engine.device)["rpsam2"].shift_block
+        methods["sam2-click"] = VideoMethod("SAM2 from one click", CLICK)
+        methods["rpsam2"] = VideoMethod("RP-SAM2: the same click refined by the shift block", CLICK, block)
+    info = {"data_path": str(Path(args.data).resolve()), "format": args.fmt, "split": split or "all",
+            "command": " ".join(shlex.quote(a) for a in [PROG, *argv])}
+    progress = None if args.no_progress else (lambda items, n: tqdm(items, total=n, desc="seed frames"))
+    try:
+        result = evaluate_video(dataset, engine, video_engine, methods, args.max_distance, args.seeds, args.out,
+                                info, progress)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    print(f"report: {result.report_path}\nscores: {result.scores_path}\nsummary: {result.summary_path}")
     return 0
 
 

@@ -80,3 +80,17 @@ def test_candidate_benchmark_on_two_points(monkeypatch, sam2_engine, voc):
     assert len(row.cells()) == len(TABLE_HEADER)
     assert row.values["points"] >= 1 and row.values["max_dice_difference"] <= bench_candidates.DICE_TOLERANCE
     assert row.met is (row.values["ratio"] >= bench_candidates.TARGET)
+
+
+def test_video_benchmark_on_three_small_frames(sam2_engine, video_engine, voc):
+    from benchmarks import bench_video
+
+    assert run.BENCHMARKS["video"] is bench_video.run
+    image = voc["rgb"][:96, :128].copy()
+    gt = np.zeros(image.shape[:2], dtype=bool)
+    gt[30:70, 40:100] = True
+    (row,) = bench_video.run(n=3, image=image, gt=gt, video=video_engine, image_engine=sam2_engine)
+    assert len(row.cells()) == len(TABLE_HEADER) and row.met is None
+    assert row.values["frames"] == 2 and row.values["propagate_fps"] > 0 and row.values["image_fps"] > 0
+    assert row.values["ratio"] == row.values["propagate_fps"] / row.values["image_fps"]
+    assert row.measurement == "video propagation, hiera_t, 2 frames 115x86, 1 object"

@@ -37,3 +37,14 @@ def test_live_version_reads_the_pointer_the_checkpoint_store_writes(tmp_path):
 def test_every_job_name_resolves_to_a_function(dotted):
     module, _, attr = dotted.rpartition(".")
     assert callable(getattr(importlib.import_module(module), attr))
+
+
+def test_propagated_predictions_name_their_source_task():
+    from rpsam2_backend.core.names import propagate_job_ids, propagated_from, propagation_version
+
+    version = propagation_version(12, 34, "configs/sam2.1/sam2.1_hiera_l.yaml", False)
+    assert version == "propagated from task 12 (annotation 34) by sam2.1_hiera_l"
+    assert propagation_version(5, 6, "x/sam2.1_hiera_t.yaml", True).endswith("by sam2.1_hiera_t RANDOM-WEIGHTS")
+    assert propagated_from(version) == "12"
+    assert propagated_from("rpsam2/sam2.1_hiera_l/shift-v0001") is None and propagated_from(None) is None
+    assert propagate_job_ids(3, 7) == ("rpsam2-propagate-3-7", "rpsam2-propagate-3-7-next")

@@ -71,3 +71,37 @@ def test_split_is_deterministic_and_never_empty():
     assert not {t.task_id for t in train} & {t.task_id for t in val}
     two = split_train_val(items[:2], 0.0)
     assert len(two[0]) == 1 and len(two[1]) == 1
+
+
+def test_frames_of_one_video_stay_on_one_side_of_the_split():
+    mask = np.ones((4, 4), bool)
+    tasks = [{"id": 100 * v + f, "data": {"image": f"/v{v}/{f}.png", "video": f"case{v}", "frame": f},
+              "annotations": [_ann(100 * v + f, [_brush(mask)], "2024-01-01T00:00:00Z")]}
+             for v in range(1, 6) for f in range(1, 5)]
+    tasks.append({"id": 7, "data": {"image": "/data/upload/1/ab-case0009_03.png"},  # video from the file name
+                  "annotations": [_ann(7, [_brush(mask)], "2024-01-01T00:00:00Z")]})
+    tasks.append({"id": 8, "data": {"image": "/still.png"}, "annotations": [_ann(8, [_brush(mask)], "2024-01-01")]})
+    labels = classify_tasks("7", tasks, CONFIG)
+    videos = {t.task_id: t.video for t in labels.accepted}
+    assert videos[101] == "case1" and videos[7] == "case0009" and videos[8] is None
+    train, val = split_train_val(labels.accepted, 0.4)
+    assert train and val and len(train) + len(val) == len(tasks)
+    train_videos = {t.video for t in train if t.video}
+    val_videos = {t.video for t in val if t.video}
+    assert not train_videos & val_videos  # no video on both sides
+    for video in train_videos | val_videos:  # and all its frames on its side
+        side = [t for t in train + val if t.video == video]
+        assert all(t in train for t in side) or all(t in val for t in side)
+    # custom data keys
+    renamed = [{**t, "data": {"image": t["data"]["image"], "clip": t["data"].get("video"), "t": t["data"].get("frame")}}
+               for t in tasks[:4]]
+    assert {t.video for t in classify_tasks("7", renamed, CONFIG, ("clip", "t")).accepted} == {"case1"}
+
+
+def test_tasks_without_video_split_as_before_by_task_id():
+    items = [TaskLabel(i, f"/{i}.png", i, {}) for i in range(1, 21)]
+    train, val = split_train_val(items, 0.25)
+    from trainer.prompts import stable_hash
+
+    expected_val = {i for i in range(1, 21) if stable_hash(("rpsam2-val", i)) / 2**63 < 0.25}
+    assert {t.task_id for t in val} == expected_val and len(train) + len(val) == 20

@@ -30,3 +30,32 @@ def test_inline_counter_counts_usable_labels_only(tmp_path, monkeypatch):
     assert on_event("ANNOTATION_CREATED", good, state)["new_labels"] == 1  # the counter restarted
     assert project_of({"project": "12.1700000000"}) == "12"
     assert read_status(tmp_path) is None
+
+
+BRUSH = {"id": "b1", "type": "brushlabels", "from_name": "tag", "to_name": "image",
+         "value": {"format": "rle", "rle": [0], "brushlabels": ["Tool"]}}
+
+
+def test_a_submitted_mask_starts_a_propagation_when_frames_are_asked_for(tmp_path, monkeypatch):
+    started = []
+    monkeypatch.setattr("rpsam2_backend.queue.propagation._start_inline",
+                        lambda s, p: started.append(p) or {"enqueued": True, "job": "j"})
+    monkeypatch.setattr("rpsam2_backend.queue.retrain._start_thread", lambda s, p: {"enqueued": True})
+    body = {"annotation": {"id": 40, "task": 12, "project": 5, "result": [BRUSH]}, "project": {"id": 5},
+            "task": {"id": 12}}
+    off = Settings.from_env({"MODEL_DIR": str(tmp_path)})  # RPSAM2_PROPAGATE_FRAMES=0: off
+    assert "propagation" not in on_event("ANNOTATION_CREATED", body, SimpleNamespace(settings=off, label_studio=None))
+    on = Settings.from_env({"MODEL_DIR": str(tmp_path), "RPSAM2_PROPAGATE_FRAMES": "3"})
+    ls = {"url": "http://ls:8080", "token": "t"}
+    out = on_event("ANNOTATION_UPDATED", body, SimpleNamespace(settings=on, label_studio=ls))
+    assert out["propagation"] == {"enqueued": True, "job": "j"} and out["new_labels"] == 2
+    assert started == [{"project": "5", "task": 12, "annotation": 40, "reason": "ANNOTATION_UPDATED",
+                        "label_studio": ls}]
+    # keypoints only, a skipped annotation, or no task id: no propagation
+    clicks = {**body, "annotation": {**body["annotation"], "result": [KEYPOINT]}}
+    assert "propagation" not in on_event("ANNOTATION_CREATED", clicks, SimpleNamespace(settings=on, label_studio=None))
+    skipped = {**body, "annotation": {**body["annotation"], "was_cancelled": True}}
+    assert "propagation" not in on_event("ANNOTATION_CREATED", skipped, SimpleNamespace(settings=on, label_studio=None))
+    no_task = {"annotation": {"id": 41, "project": 5, "result": [BRUSH]}, "project": {"id": 5}}
+    assert "propagation" not in on_event("ANNOTATION_CREATED", no_task, SimpleNamespace(settings=on, label_studio=None))
+    assert len(started) == 1

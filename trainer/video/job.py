@@ -1,0 +1,202 @@
+"""The propagation job: a submitted frame's masks, tracked through its video, as predictions.
+
+``propagate_job(payload)`` runs on the training queue (RQ names it ``trainer.video.job.propagate_job``)
+or in a thread of the inline server (``rpsam2_backend.queue.propagation``):
+
+1. read the project's label config and all its tasks from Label Studio;
+2. find the frames of the task's video (``labelstudio.video_frames``: data keys
+   RPSAM2_VIDEO_KEY / RPSAM2_FRAME_KEY, else Cataract-1K / CaDIS file names) and the window of
+   up to RPSAM2_PROPAGATE_FRAMES frames after it (and before it with RPSAM2_PROPAGATE_BACKWARD),
+   stopping at the end of the video or at a gap in the frame numbers;
+3. seed SAM2's video predictor with the task's latest annotation's brush regions (one object per
+   region) and track them (``engine.video.tracker``); an object that is lost or whose
+   confidence falls below RPSAM2_PROPAGATE_MIN_CONFIDENCE stops being propagated;
+4. upload one prediction per visited frame that nobody annotated yet (``trainer.video.predictions``),
+   in batches of RPSAM2_PSEUDO_BATCH, tagged "propagated from task T (annotation A) by <sam2 config>";
+5. delete the older propagated predictions this one supersedes;
+6. record the outcome in ``MODEL_DIR/propagation_status.json`` (shown by /health).
+
+Frames are loaded from Label Studio one at a time, when the tracker reaches them.  Bad input
+(a task that is no video frame, a mask whose size is not the image's, frames of different sizes)
+ends the job as "failed" with a message naming the task; the exception propagates so RQ marks it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from rpsam2_backend.core.contracts import PropagationPayload
+from rpsam2_backend.core.errors import BadRequest
+from rpsam2_backend.core.names import propagate_job_ids, propagation_version
+from rpsam2_backend.core.propagation_status import write_propagation_status
+from rpsam2_backend.core.settings import Settings, get_settings
+from rpsam2_backend.engine.build import resolve_device
+from rpsam2_backend.engine.video.tracker import VideoEngine, shared_video_engine
+from rpsam2_backend.labelstudio.images import ImageLoader
+from rpsam2_backend.labelstudio.label_config import LabelConfig, parse_label_config
+from rpsam2_backend.labelstudio.tasks import image_url
+from rpsam2_backend.labelstudio.video_frames import FrameTask, propagation_window
+from trainer.accepted_labels import LabelStudioClient
+from trainer.video.predictions import frame_prediction, is_annotated, latest_mask_annotation, seed_objects, superseded
+
+log = logging.getLogger("trainer.video")
+
+
+class TaskFrames(Sequence[np.ndarray]):
+    """The window's frame images, fetched when the tracker asks (one at a time, never all)."""
+
+    def __init__(self, frames: list[FrameTask], loader: ImageLoader) -> None:
+        self.frames = frames
+        self.loader = loader
+        self._last: tuple[int, np.ndarray] | None = None  # the seed frame is asked for a few times in a row
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if self._last is None or self._last[0] != index:
+            self._last = (index, self.loader.load(self.frames[index].image_url).rgb)
+        return self._last[1]
+
+
+def _image_url(config: LabelConfig):
+    def url_of(task: dict) -> str | None:
+        try:
+            return image_url(task, config)
+        except BadRequest:
+            return None
+
+    return url_of
+
+
+def _client_and_loader(settings: Settings, payload: PropagationPayload) -> tuple[LabelStudioClient, ImageLoader]:
+    ls = payload.get("label_studio")
+    if not settings.label_studio.url and ls and ls.get("url"):
+        settings = settings.with_("label_studio", url=ls["url"], api_key=ls.get("token", ""))
+    return LabelStudioClient.from_settings(settings), ImageLoader(settings)
+
+
+def _video_engine(settings: Settings) -> VideoEngine:
+    model = settings.model
+    return shared_video_engine(model.sam2_config, settings.resolved_checkpoint(), resolve_device(model.device),
+                               settings.learning.propagate_image_size)
+
+
+def _progress(message: str, **info: Any) -> None:
+    from rq import get_current_job
+
+    job = get_current_job()
+    if job is not None:
+        job.meta["progress"] = {"message": message, **info}
+        with contextlib.suppress(Exception):  # progress must never break the job
+            job.save_meta()
+
+
+def propagate_job(
+    payload: PropagationPayload, settings: Settings | None = None, engine: VideoEngine | None = None
+) -> dict[str, Any]:
+    """{"project", "task", ["annotation", "reason", "label_studio"]} -> the propagation's status dict."""
+    settings = settings or get_settings()
+    if not isinstance(payload, dict) or payload.get("project") in (None, "") or payload.get("task") is None:
+        raise ValueError("propagation payload needs a 'project' and a 'task'")
+    project, task = str(payload["project"]), int(payload["task"])
+    from rq import get_current_job
+
+    job = get_current_job()
+    base = {"task": task, "job_id": job.id if job else propagate_job_ids(project, task)[0],
+            "trigger": payload.get("reason", "")}
+    model_dir = settings.model.model_dir
+    write_propagation_status(model_dir, project, {**base, "status": "running"})
+    started = time.time()
+    try:
+        status = _run(settings, payload, project, task, engine)
+    except Exception as exc:
+        message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+        write_propagation_status(model_dir, project, {**base, "status": "failed", "reason": message,
+                                                      "seconds": round(time.time() - started, 2)})
+        log.exception("propagation of task %s (project %s) failed", task, project)
+        raise
+    return write_propagation_status(model_dir, project, {**base, **status, "seconds": round(time.time() - started, 2)})
+
+
+def _run(settings: Settings, payload: PropagationPayload, project: str, task: int,
+         engine: VideoEngine | None) -> dict[str, Any]:
+    learning = settings.learning
+    client, loader = _client_and_loader(settings, payload)
+    config = parse_label_config(client.label_config(project))
+    tasks = client.all_tasks(project)
+    backward = learning.propagate_frames if learning.propagate_backward else 0
+    window = propagation_window(tasks, task, learning.propagate_frames, backward,
+                                learning.video_key, learning.frame_key, _image_url(config))
+    seed = window.frames[window.seed]
+    annotation = latest_mask_annotation(seed.task)
+    if annotation is None:
+        return {"status": "skipped", "reason": f"task {task}'s latest annotation has no brush mask"}
+    frames = TaskFrames(window.frames, loader)
+    height, width = frames[window.seed].shape[:2]
+    objects = {o.region_id: o for o in seed_objects(annotation, height, width, task)}
+    if not objects:
+        return {"status": "skipped", "reason": f"task {task}'s brush regions are empty or unlabelled"}
+    engine = engine or _video_engine(settings)
+    version = propagation_version(task, annotation.get("id", "?"), engine.config, engine.random_weights)
+    existing = client.predictions(project)  # before ours: what may be superseded
+    _progress(f"propagating {len(objects)} objects of task {task} over {len(window.frames) - 1} frames",
+              video=window.video)
+    log.info("propagating task %s (project %s, video %s): %d objects, %d frames forward, %d backward", task,
+             project, window.video, len(objects), len(window.forward), len(window.backward))
+
+    pending: list[dict] = []
+    uploaded: list[int] = []
+    annotated: list[int] = []
+    scores: dict[int, float] = {}
+    stopped: list[dict[str, Any]] = []
+    batch = max(1, learning.pseudo_batch)
+    tracked = engine.propagate(
+        frames, window.seed, {o.region_id: o.mask for o in objects.values()}, len(window.forward),
+        len(window.backward), learning.propagate_min_confidence, learning.propagate_offload_state,
+    )
+    for frame in tracked:
+        target = window.frames[frame.index]
+        for region_id, track in frame.objects.items():
+            if track.stopped:
+                stopped.append({"region": str(region_id), "label": objects[str(region_id)].label,
+                                "task": target.task_id, "frame": target.frame, "distance": frame.distance,
+                                "reason": track.stopped})
+        if is_annotated(target.task):
+            annotated.append(target.task_id)  # a person's label: tracked through, never overwritten
+            continue
+        pending.append(frame_prediction(frame, target.task_id, objects, version))
+        scores[target.task_id] = round(frame.score, 4)
+        if len(pending) >= batch:
+            uploaded += _upload(client, project, pending)
+        _progress(f"{len(uploaded) + len(pending)} frames predicted", frame=target.frame)
+    uploaded += _upload(client, project, pending)
+
+    old = superseded(existing, set(uploaded), task)
+    for prediction_id in old:
+        client.delete_prediction(prediction_id)
+    log.info("task %s propagated to %d frames (%d annotated skipped, %d older predictions superseded)",
+             task, len(uploaded), len(annotated), len(old))
+    return {
+        "status": "done", "annotation": annotation.get("id"), "video": window.video, "frame": seed.frame,
+        "model_version": version, "predicted_tasks": uploaded, "annotated_tasks": annotated,
+        "scores": scores, "superseded": len(old), "objects": {k: o.label for k, o in objects.items()},
+        "stopped_objects": stopped,
+        "window": {"forward": len(window.forward), "backward": len(window.backward),
+                   "forward_end": window.stopped_forward, "backward_end": window.stopped_backward},
+    }
+
+
+def _upload(client: LabelStudioClient, project: str, pending: list[dict]) -> list[int]:
+    if not pending:
+        return []
+    client.import_predictions(project, pending)
+    done = [p["task"] for p in pending]
+    pending.clear()
+    return done
