@@ -67,6 +67,8 @@ class ImageSettings:
 class WebSettings:
     basic_auth_user: str = env("BASIC_AUTH_USER", "")
     basic_auth_pass: str = env("BASIC_AUTH_PASS", "", secret=True)
+    # Answer a click with a display-only keypoint where the shift block moved it (web/model.py).
+    show_refined_point: bool = env("RPSAM2_SHOW_REFINED_POINT", True)
 
 
 @dataclass(frozen=True)
