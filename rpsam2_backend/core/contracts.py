@@ -22,14 +22,28 @@ class ClickPayload(TypedDict):
     positive: bool
 
 
+class BoxPayload(TypedDict):
+    """An axis-aligned box prompt, percent of the image (x0 <= x1, y0 <= y1)."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+
 class SegmentPayload(TypedDict):
     image_url: str
-    clicks: list[ClickPayload]
+    clicks: list[ClickPayload]  # every click of the context, in order (may be empty with a box)
     label_studio: NotRequired[LabelStudioAccess]
+    box: NotRequired[BoxPayload]  # a box prompt: decoded with all clicks as points, no shift
+    # The image size the editor saw: the job refuses (422) an image of another size.
+    original_width: NotRequired[int]
+    original_height: NotRequired[int]
+    output: NotRequired[str]  # "brush" (default: RLE) or "polygon" (percent outlines)
 
 
 class SegmentResult(TypedDict):
-    rle: bytes  # Label Studio brush RLE of the mask
+    rle: bytes | None  # Label Studio brush RLE of the mask; None with output "polygon" or no object
     width: int
     height: int
     score: float  # SAM2's predicted IoU of the mask
@@ -40,6 +54,10 @@ class SegmentResult(TypedDict):
     seconds: float
     decode_seconds: float  # shift block + SAM2 decoder alone (the rest is overhead)
     worker: NotRequired[str | None]  # added by the RQ dispatcher
+    object_found: NotRequired[bool]  # False: the newest click is a negative with no object (no mask)
+    objects: NotRequired[int]  # objects the context's clicks form (labelstudio/objects.py)
+    object_clicks: NotRequired[int]  # clicks of the answered object
+    polygons: NotRequired[list[list[list[float]]]]  # output "polygon": [[[x %, y %], ...], ...]
 
 
 class PreencodePayload(TypedDict):

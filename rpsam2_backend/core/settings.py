@@ -71,6 +71,8 @@ class WebSettings:
     basic_auth_pass: str = env("BASIC_AUTH_PASS", "", secret=True)
     max_request_mb: float = env("RPSAM2_MAX_REQUEST_MB", 16.0, min=0.001)
     max_clicks: int = env("RPSAM2_MAX_CLICKS", 64, min=1)
+    # Answer a click with a display-only keypoint where the shift block moved it (web/model.py).
+    show_refined_point: bool = env("RPSAM2_SHOW_REFINED_POINT", True)
 
 
 @dataclass(frozen=True)

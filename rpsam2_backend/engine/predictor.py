@@ -3,6 +3,9 @@
 The paper trains and evaluates the shift block on the first click only (§4: shifting later clicks
 "will not yield significant boost"), so later clicks and all negative clicks pass as given.
 Without a shift block this is plain SAM2 and its version string says so.
+
+A box prompt goes to SAM2 as its two corners (point labels 2 and 3, what ``SAM2ImagePredictor``
+does), followed by any clicks; the box already says where the object is, so nothing is shifted.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from rpsam2_backend.engine.sam2_engine import SAM2Engine
 @dataclass(frozen=True)
 class PixelClick:
     """A click in continuous pixel coordinates of the original image (Label Studio sends percent:
-    ``labelstudio.clicks.PercentClick``; the job converts with the size of the image it loaded)."""
+    ``labelstudio.prompts.PercentClick``; the job converts with the size of the image it loaded)."""
 
     x: float
     y: float
@@ -105,10 +108,14 @@ class RPSAM2Predictor:
         clicks: list[PixelClick],
         image_key: str | None = None,
         features: ImageFeatures | None = None,
+        box: tuple[float, float, float, float] | None = None,
     ) -> Segmentation:
-        if not clicks:
-            raise ValueError("segment() needs at least one click")
-        if not any(c.positive for c in clicks):
+        """One mask for one object: its clicks (the first positive one shifted), or a box
+        ``(x0, y0, x1, y1)`` in pixels plus any clicks (no shift).  A single click decodes SAM2's
+        three masks and keeps the best predicted IoU; anything more decodes one mask."""
+        if box is None and not clicks:
+            raise ValueError("segment() needs at least one click or a box")
+        if box is None and not any(c.positive for c in clicks):
             raise ValueError("segment() needs at least one positive click")
         encoded = False
         if features is None:
@@ -120,17 +127,23 @@ class RPSAM2Predictor:
             if not (0 <= c.x <= w and 0 <= c.y <= h):
                 raise ValueError(f"click ({c.x:.1f}, {c.y:.1f}) is outside the {w}x{h} image")
 
-        coords = torch.tensor([[c.x, c.y] for c in clicks], dtype=torch.float32)
+        if box is not None and not (0 <= box[0] < box[2] <= w and 0 <= box[1] < box[3] <= h):
+            raise ValueError(f"box {tuple(round(v, 1) for v in box)} is empty or outside the {w}x{h} image")
+
+        coords = torch.tensor([[c.x, c.y] for c in clicks], dtype=torch.float32).reshape(-1, 2)
         labels = torch.tensor([1 if c.positive else 0 for c in clicks], dtype=torch.int)
         with self._lock:
-            block = self.shift_block
+            block = self.shift_block if box is None else None
         refined_point = None
-        if block is not None:
+        if box is not None:
+            coords = torch.cat([torch.tensor([[box[0], box[1]], [box[2], box[3]]]), coords])
+            labels = torch.cat([torch.tensor([2, 3], dtype=torch.int), labels])
+        elif block is not None:
             first = next(i for i, c in enumerate(clicks) if c.positive)
             moved = self.refine(features, coords[first : first + 1].to(self.engine.device), block)
             coords[first] = moved[0].cpu()
             refined_point = (float(coords[first, 0]), float(coords[first, 1]))
         masks, scores = self.engine.decode_masks(
-            features, coords[None].to(self.engine.device), labels[None], multimask=len(clicks) == 1
+            features, coords[None].to(self.engine.device), labels[None], multimask=box is None and len(clicks) == 1
         )
         return Segmentation(masks[0], float(scores[0]), refined_point, encoded)

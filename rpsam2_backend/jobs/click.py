@@ -1,7 +1,10 @@
-"""The click jobs: segment a click context, pre-encode an image; run inline or by an RQ worker.
+"""The click jobs: segment a prompt context, pre-encode an image; run inline or by an RQ worker.
 
 Payloads and results are the TypedDicts of ``core.contracts`` (they cross Redis unchanged).
 Errors are raised as BackendError; their "[status] message" text survives RQ's failure record.
+
+Clicks of one label may belong to several objects (``labelstudio.objects``): the job replays them,
+decoding each object's current mask as needed, and answers the object of the newest click.
 """
 
 from __future__ import annotations
@@ -9,17 +12,23 @@ from __future__ import annotations
 import time
 
 from rpsam2_backend.core.contracts import (
+    BoxPayload,
     LabelStudioAccess,
     PreencodePayload,
     PreencodeResult,
     SegmentPayload,
     SegmentResult,
 )
-from rpsam2_backend.core.errors import BadRequest
+from rpsam2_backend.core.errors import BadRequest, ImageError
 from rpsam2_backend.engine.features import ImageFeatures
-from rpsam2_backend.engine.predictor import PixelClick
+from rpsam2_backend.engine.predictor import PixelClick, RPSAM2Predictor, Segmentation
 from rpsam2_backend.jobs.runtime import Runtime, get_runtime
 from rpsam2_backend.labelstudio.brush import mask_to_rle_bytes
+from rpsam2_backend.labelstudio.images import redact_url
+from rpsam2_backend.labelstudio.objects import ClickObjects, group_clicks
+from rpsam2_backend.labelstudio.polygons import mask_to_polygons
+
+OUTPUTS = ("brush", "polygon")
 
 
 def _job_features(payload: SegmentPayload | PreencodePayload) -> tuple[Runtime, ImageFeatures, bool]:
@@ -43,9 +52,61 @@ def _features(rt: Runtime, url: str, label_studio: LabelStudioAccess | None) -> 
     return rt.predictor.features(image.rgb, key)
 
 
-def _clicks(payload: SegmentPayload, width: int, height: int) -> list[PixelClick]:
-    clicks = payload.get("clicks")
-    if not isinstance(clicks, list) or not clicks:
+def _check_size(payload: SegmentPayload, width: int, height: int) -> None:
+    """The editor's natural size of the image must be the loaded one, or every mask is garbled."""
+    expected = payload.get("original_width"), payload.get("original_height")
+    if None in expected or expected == (width, height):
+        return
+    raise ImageError(
+        f"the editor saw the image {redact_url(payload.get('image_url', ''))!r} as {expected[0]}x{expected[1]} "
+        f"pixels (original_width x original_height) but the backend loaded it as {width}x{height}: the file "
+        f"behind the URL changed, or a proxy resized it; reload the task (EXIF orientation is applied on "
+        f"both sides)",
+        status=422,
+    )
+
+
+def _box(payload: SegmentPayload, width: int, height: int) -> tuple[float, float, float, float] | None:
+    box: BoxPayload | None = payload.get("box")
+    if box is None:
+        return None
+    try:
+        x0, y0, x1, y1 = (float(box[k]) for k in ("x0", "y0", "x1", "y1"))  # type: ignore[literal-required]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BadRequest(f"malformed box in job payload: {exc}") from exc
+    # Percent -> pixels, clipped: rounding must not push an edge box a hair outside the image.
+    return (
+        min(max(x0 / 100.0 * width, 0.0), width), min(max(y0 / 100.0 * height, 0.0), height),
+        min(max(x1 / 100.0 * width, 0.0), width), min(max(y1 / 100.0 * height, 0.0), height),
+    )
+
+
+def _newest_object(
+    predictor: RPSAM2Predictor, features: ImageFeatures, clicks: list[PixelClick]
+) -> tuple[ClickObjects, Segmentation | None]:
+    """Group the clicks into objects (each object's mask decoded as the rule needs it) and decode
+    the object of the newest click; None when that click is a negative with no object."""
+    height, width = features.orig_hw
+    decoded: dict[tuple[int, ...], Segmentation] = {}
+
+    def decode(indices: tuple[int, ...]) -> Segmentation:
+        if indices not in decoded:
+            decoded[indices] = predictor.segment(None, [clicks[i] for i in indices], features=features)
+        return decoded[indices]
+
+    def inside(indices: tuple[int, ...], k: int) -> bool:
+        row = min(max(int(clicks[k].y), 0), height - 1)
+        col = min(max(int(clicks[k].x), 0), width - 1)
+        return bool(decode(indices).mask[row, col])
+
+    objects = group_clicks([c.positive for c in clicks], inside)
+    newest = objects.newest
+    return objects, (decode(newest) if newest is not None else None)
+
+
+def _clicks(payload: SegmentPayload, width: int, height: int, required: bool = True) -> list[PixelClick]:
+    clicks = payload.get("clicks", [])
+    if not isinstance(clicks, list) or (required and not clicks):
         raise BadRequest("job payload has no clicks")
     try:
         # Label Studio percent -> continuous pixels of the image as it really is.
@@ -58,30 +119,56 @@ def _clicks(payload: SegmentPayload, width: int, height: int) -> list[PixelClick
 
 
 def segment_job(payload: SegmentPayload) -> SegmentResult:
-    """{"image_url", "clicks": [{"x": %, "y": %, "positive"}]} -> brush RLE of the mask (as bytes)."""
+    """{"image_url", "clicks": [{"x": %, "y": %, "positive"}], "box"?, "output"?} -> the mask of the
+    newest click's object (or of the box) as brush RLE bytes or percent polygons."""
     started = time.perf_counter()
+    output = payload.get("output", "brush")
+    if output not in OUTPUTS:
+        raise BadRequest(f"job payload output must be one of {OUTPUTS}, got {output!r}")
     rt, features, encoded = _job_features(payload)
     height, width = features.orig_hw
-    clicks = _clicks(payload, width, height)
+    _check_size(payload, width, height)
+    box = _box(payload, width, height)
+    clicks = _clicks(payload, width, height, required=box is None)
     decode_started = time.perf_counter()
     try:
-        seg = rt.predictor.segment(None, clicks, features=features)
+        if box is not None:
+            seg: Segmentation | None = rt.predictor.segment(None, clicks, features=features, box=box)
+            objects, object_clicks = 1, len(clicks)
+        else:
+            grouping, seg = _newest_object(rt.predictor, features, clicks)
+            objects, object_clicks = len(grouping.objects), len(grouping.newest or ())
     except ValueError as exc:
         raise BadRequest(str(exc)) from exc
     decode_seconds = time.perf_counter() - decode_started
-    refined = seg.refined_point
-    return {
-        "rle": mask_to_rle_bytes(seg.mask),
+    result: SegmentResult = {
+        "rle": None,
         "width": width,
         "height": height,
-        "score": seg.score,
-        "area": int(seg.mask.sum()),
-        "refined_point": [refined[0] / width * 100.0, refined[1] / height * 100.0] if refined else None,
+        "score": 0.0,
+        "area": 0,
+        "refined_point": None,
         "model_version": rt.predictor.version,
         "encoded": encoded,
-        "seconds": time.perf_counter() - started,
+        "seconds": 0.0,
         "decode_seconds": decode_seconds,  # shift block + SAM2 decoder alone (the rest is overhead)
+        "object_found": seg is not None,
+        "objects": objects,
+        "object_clicks": object_clicks,
     }
+    if seg is not None:
+        refined = seg.refined_point
+        result.update(
+            score=seg.score,
+            area=int(seg.mask.sum()),
+            refined_point=[refined[0] / width * 100.0, refined[1] / height * 100.0] if refined else None,
+        )
+        if output == "polygon":
+            result["polygons"] = mask_to_polygons(seg.mask)
+        else:
+            result["rle"] = mask_to_rle_bytes(seg.mask)
+    result["seconds"] = time.perf_counter() - started
+    return result
 
 
 def preencode_job(payload: PreencodePayload) -> PreencodeResult:

@@ -139,7 +139,12 @@ class ImageLoader:
             raise
 
     def decode(self, data: bytes, source: str) -> np.ndarray:
-        """Raw bytes -> (H, W, 3) uint8 RGB; grayscale, alpha and 16-bit inputs are normalised."""
+        """Raw bytes -> (H, W, 3) uint8 RGB; grayscale, alpha and 16-bit inputs are normalised.
+
+        EXIF orientation is applied (``cv2.imdecode`` with ``IMREAD_COLOR`` does, for JPEG and PNG,
+        as browsers do): the pixels are those the editor shows, whose size it sends as
+        ``original_width`` / ``original_height`` (tests/unit/labelstudio/test_images.py checks it).
+        """
         if not data:
             raise ImageError(f"image {source} is empty (0 bytes)")
         size = self._header_size(data, source)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 
+import pytest
 import yaml
 
 from rpsam2_backend.core.settings import Settings
@@ -157,11 +158,15 @@ def test_shell_scripts_parse() -> None:
         subprocess.run(["bash", "-n", str(path)], check=True)
 
 
-def test_label_config_offers_every_click_label_as_a_brush_label() -> None:
-    root = ET.fromstring((DEPLOY / "label_config.xml").read_text())
+@pytest.mark.parametrize(("name", "output"), [("label_config.xml", "BrushLabels"),
+                                             ("label_config_polygons.xml", "PolygonLabels")])
+def test_label_configs_offer_every_prompt_label_as_an_output_label(name: str, output: str) -> None:
+    root = ET.fromstring((DEPLOY / name).read_text())
     clicks = {label.get("value") for label in root.find(".//KeyPointLabels[@smart='true']").iter("Label")}
-    brushes = {label.get("value") for label in root.find(".//BrushLabels").iter("Label")}
-    assert len(clicks) == 10 and clicks == brushes
+    boxes = {label.get("value") for label in root.find(".//RectangleLabels[@smart='true']").iter("Label")}
+    outputs = {label.get("value") for label in root.find(f".//{output}").iter("Label")}
+    assert len(clicks) == 10 and clicks == boxes == outputs
+    assert root.find(".//BrushLabels" if output == "PolygonLabels" else ".//PolygonLabels") is None
 
 
 def test_healthcheck_script_reports_an_unreachable_url_as_unhealthy() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from rpsam2_backend.labelstudio.brush import rle_to_mask
 from tests.support.backend_app import click, predict_body, the_mask
@@ -29,3 +30,39 @@ def test_segment_job_returns_rle_bytes_that_predict_writes_as_a_json_list(backen
     np.testing.assert_array_equal(rle_to_mask(rle, 375, 500), job_mask)
     mask, _ = the_mask(resp)  # and the sdk decoder agrees
     np.testing.assert_array_equal(mask, job_mask)
+
+
+def test_segment_job_payload_checks(backend):
+    from rpsam2_backend.core.errors import BadRequest, ImageError
+    from rpsam2_backend.jobs.click import segment_job
+
+    url = "/data/local-files/?d=voc.png"
+    with pytest.raises(BadRequest, match="output must be one of"):
+        segment_job({"image_url": url, "clicks": [{"x": 5.0, "y": 5.0}], "output": "svg"})
+    with pytest.raises(BadRequest, match="no clicks"):
+        segment_job({"image_url": url, "clicks": []})  # no box either
+    with pytest.raises(BadRequest, match="malformed box"):
+        segment_job({"image_url": url, "clicks": [], "box": {"x0": 1.0}})
+    with pytest.raises(ImageError, match="500x375") as info:
+        segment_job({"image_url": url, "clicks": [{"x": 5.0, "y": 5.0}], "original_width": 500,
+                     "original_height": 376})
+    assert info.value.status == 422
+    # A box at the image edge (percent rounding a hair past 100) is clipped, not refused.
+    result = segment_job({"image_url": url, "clicks": [], "box": {"x0": 50.0, "y0": 50.0, "x1": 100.0000001,
+                                                                   "y1": 100.0}})
+    assert result["object_found"] and result["objects"] == 1 and result["object_clicks"] == 0
+    assert result["refined_point"] is None
+
+
+def test_segment_job_polygon_output_and_negative_only(backend):
+    from rpsam2_backend.jobs.click import segment_job
+
+    url = "/data/local-files/?d=voc.png"
+    polygon = segment_job({"image_url": url, "clicks": [{"x": 35.0, "y": 45.0}], "output": "polygon"})
+    brush = segment_job({"image_url": url, "clicks": [{"x": 35.0, "y": 45.0}]})
+    from rpsam2_backend.labelstudio.polygons import mask_to_polygons
+
+    assert polygon["rle"] is None and polygon["area"] == brush["area"] > 0
+    assert polygon["polygons"] == mask_to_polygons(rle_to_mask(brush["rle"], 375, 500))
+    nothing = segment_job({"image_url": url, "clicks": [{"x": 35.0, "y": 45.0, "positive": False}]})
+    assert nothing["object_found"] is False and nothing["rle"] is None and nothing["objects"] == 0

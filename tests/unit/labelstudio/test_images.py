@@ -135,6 +135,25 @@ def test_jpeg_is_close_to_the_original(servers, rgb) -> None:
     assert image.sha256 == hashlib.sha256(ls.routes["/img.jpg"].body).hexdigest()
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_exif_orientation_is_applied_like_a_browser_does(fmt: str) -> None:
+    """Browsers draw a photo turned by its EXIF orientation, and Label Studio's original_width and
+    original_height are the browser's natural size: the backend must see the same pixels."""
+    import io
+
+    from PIL import Image
+
+    rgb = np.zeros((20, 40, 3), np.uint8)
+    rgb[:, :10] = 255  # a white band on the left of the stored pixels
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, fmt, exif=exif.tobytes())
+    shown = ImageLoader(Settings()).decode(buf.getvalue(), "photo")
+    assert shown.shape == (40, 20, 3)
+    assert shown[:10].mean() > 200 and shown[10:].mean() < 30  # the band is now on top
+
+
 def test_grayscale_16_bit_and_alpha_become_8_bit_rgb(servers, rgb) -> None:
     ls, _ = servers
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)

@@ -1,4 +1,4 @@
-"""Labeling config parsing: which BrushLabels control answers a click's label."""
+"""Labeling config parsing: which BrushLabels (or PolygonLabels) control answers a prompt's label."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import pytest
 from label_studio_sdk.label_interface import LabelInterface
 
 from rpsam2_backend.core.errors import BadRequest
-from rpsam2_backend.labelstudio.label_config import parse_label_config
+from rpsam2_backend.labelstudio.label_config import OutputControl, parse_label_config
 from tests.support.paths import REPO_ROOT
 
 SHIPPED = REPO_ROOT / "deploy" / "label_config.xml"
+SHIPPED_POLYGONS = REPO_ROOT / "deploy" / "label_config_polygons.xml"
 
 # Cataract-1k's 10 instrument classes, as the paper lists them.
 PAPER_CLASSES = [
@@ -119,26 +120,91 @@ def test_unusable_configs_are_bad_requests(xml: str, message: str) -> None:
         parse_label_config(xml)
 
 
-def test_shipped_config_parses_with_the_paper_classes() -> None:
-    config = parse_label_config(SHIPPED.read_text())
+@pytest.mark.parametrize(("path", "output"), [(SHIPPED, "brushlabels"), (SHIPPED_POLYGONS, "polygonlabels")])
+def test_shipped_configs_parse_with_the_paper_classes(path, output: str) -> None:
+    config = parse_label_config(path.read_text())
     assert len(config.images) == 1 and config.images[0].value == "$image"
     assert len(config.keypoints) == 1 and config.keypoints[0].smart
-    assert len(config.brushes) == 1
+    assert len(config.rectangles) == 1 and config.rectangles[0].smart
     assert list(config.keypoints[0].labels) == PAPER_CLASSES
-    assert list(config.brushes[0].labels) == PAPER_CLASSES
+    assert list(config.rectangles[0].labels) == PAPER_CLASSES
+    outputs = config.brushes if output == "brushlabels" else config.polygons
+    assert len(config.brushes) + len(config.polygons) == 1
+    assert list(outputs[0].labels) == PAPER_CLASSES
     image = config.images[0].name
     for label in PAPER_CLASSES:
-        assert config.brush_for_label(label, config.keypoints[0].to_name) == (config.brushes[0].name, image)
+        assert config.output_for_label(label, config.keypoints[0].to_name) == OutputControl(
+            output, outputs[0].name, image
+        )
 
 
-def test_shipped_config_reads_the_same_in_the_label_studio_sdk() -> None:
+@pytest.mark.parametrize("path", [SHIPPED, SHIPPED_POLYGONS])
+def test_shipped_configs_read_the_same_in_the_label_studio_sdk(path) -> None:
     # An independent parser (Label Studio's own) must see the same controls and labels.
-    ours = parse_label_config(SHIPPED.read_text())
-    sdk = LabelInterface(SHIPPED.read_text())
+    ours = parse_label_config(path.read_text())
+    sdk = LabelInterface(path.read_text())
     sdk_controls = {c.name: (type(c).__name__, list(c.to_name), list(c.labels)) for c in sdk.controls}
-    keypoint, brush = ours.keypoints[0], ours.brushes[0]
+    keypoint, rectangle = ours.keypoints[0], ours.rectangles[0]
+    output = (ours.brushes or ours.polygons)[0]
     assert sdk_controls == {
         keypoint.name: ("KeyPointLabelsTag", [keypoint.to_name], list(keypoint.labels)),
-        brush.name: ("BrushLabelsTag", [brush.to_name], list(brush.labels)),
+        rectangle.name: ("RectangleLabelsTag", [rectangle.to_name], list(rectangle.labels)),
+        output.name: ("BrushLabelsTag" if ours.brushes else "PolygonLabelsTag", [output.to_name], list(output.labels)),
     }
     assert [(o.name, o.value) for o in sdk.objects] == [(i.name, i.value) for i in ours.images]
+
+
+def test_shipped_brush_control_is_not_smart_and_the_polygon_control_has_no_smart_attribute() -> None:
+    # smart="false" keeps the smart brush out of Auto-Detect; on PolygonLabels it would also hide
+    # the ordinary polygon tool (seen in Label Studio 1.23.2's editor).
+    assert 'BrushLabels name="tag" toName="image" smart="false"' in SHIPPED.read_text()
+    polygons = SHIPPED_POLYGONS.read_text()
+    assert "<PolygonLabels" in polygons and 'smart=' not in polygons.split("<PolygonLabels", 1)[1].split(">", 1)[0]
+
+
+POLYGON_ONLY = """<View>
+  <Image name="img" value="$image"/>
+  <KeyPointLabels name="kp" toName="img" smart="true"><Label value="Gauge"/><Label value="Spatula"/></KeyPointLabels>
+  <PolygonLabels name="outline" toName="img"><Label value="Gauge"/><Label value="Spatula"/></PolygonLabels>
+</View>"""
+
+
+BRUSH_GAUGE = '<BrushLabels name="mask" toName="img"><Label value="Gauge"/></BrushLabels></View>'
+
+
+def test_a_polygon_only_project_answers_with_polygons() -> None:
+    config = parse_label_config(POLYGON_ONLY)
+    assert [(p.name, p.to_name, p.labels) for p in config.polygons] == [("outline", "img", ("Gauge", "Spatula"))]
+    assert config.output_for_label("Gauge", "img") == OutputControl("polygonlabels", "outline", "img")
+
+
+def test_brush_wins_when_both_controls_offer_the_label() -> None:
+    xml = POLYGON_ONLY.replace("</View>", BRUSH_GAUGE)
+    config = parse_label_config(xml)
+    assert config.output_for_label("Gauge", "img") == OutputControl("brushlabels", "mask", "img")
+    # Spatula is offered by the polygon control only
+    assert config.output_for_label("Spatula", "img") == OutputControl("polygonlabels", "outline", "img")
+
+
+def test_a_label_no_output_control_offers_names_the_known_ones() -> None:
+    xml = POLYGON_ONLY.replace("</View>", BRUSH_GAUGE)
+    with pytest.raises(BadRequest, match=r"'Cornea' is not a label of any <BrushLabels> or <PolygonLabels>") as info:
+        parse_label_config(xml).output_for_label("Cornea")
+    assert "'Spatula'" in info.value.message and info.value.status == 400
+
+
+def test_a_config_without_output_controls() -> None:
+    with pytest.raises(BadRequest, match="no <BrushLabels> or <PolygonLabels> control"):
+        parse_label_config(_config(brush=False)).output_for_label("Gauge")
+
+
+def test_rectangles_and_multi_image_tags_are_parsed() -> None:
+    xml = """<View><Image name="pages" valueList="$images"/>
+      <RectangleLabels name="box" toName="pages" smart="true"><Label value="Gauge"/></RectangleLabels>
+      <RectangleLabels name="plain" toName="pages"><Label value="Gauge"/></RectangleLabels>
+      <BrushLabels name="mask" toName="pages"><Label value="Gauge"/></BrushLabels></View>"""
+    config = parse_label_config(xml)
+    assert [(r.name, r.smart) for r in config.rectangles] == [("box", True), ("plain", False)]
+    assert [(i.name, i.value, i.value_list) for i in config.images] == [("pages", "", "$images")]
+    with pytest.raises(BadRequest, match="name and toName"):
+        parse_label_config("<View><RectangleLabels name='b'><Label value='x'/></RectangleLabels></View>")

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from rpsam2_backend.core.errors import BackendError
 from rpsam2_backend.core.settings import Settings
 from rpsam2_backend.labelstudio.brush import mask_to_rle, rle_to_mask
-from rpsam2_backend.labelstudio.clicks import parse_context
+from rpsam2_backend.labelstudio.prompts import parse_context
 from rpsam2_backend.labelstudio.images import ImageLoader
 from rpsam2_backend.labelstudio.label_config import parse_label_config
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.support.backend_app import CONFIG, click, predict_body, the_mask
+from tests.support.backend_app import CONFIG, click, predict_body, rect, the_mask
 
 
 def test_click_returns_brush_mask_of_image_size(backend):
@@ -67,7 +67,9 @@ BAD_REQUESTS = {
     "x outside the image": (predict_body([click(120.0, 50.0)]), 400, "x"),
     "negative y": (predict_body([click(20.0, -3.0)]), 400, "y"),
     "label with no brush": (predict_body([click(20.0, 20.0, label="Cornea")]), 400, "Cornea"),
-    "only negative clicks": (predict_body([click(20.0, 20.0, positive=False)]), 400, "positive"),
+    "box without area": (predict_body([rect(20.0, 20.0, 0.0, 10.0)]), 400, "no area"),
+    "box and click of two labels": (predict_body([click(20.0, 20.0, label="Gauge"), rect(20.0, 20.0, 9.0, 9.0)]), 400,
+                                    "same label"),
     "missing image file": (predict_body([click(20.0, 20.0)], image="/data/local-files/?d=nope.png"), 4, "nope.png"),
     "corrupt image": (predict_body([click(20.0, 20.0)], image="/data/local-files/?d=corrupt.png"), 422, "image"),
     "empty image": (predict_body([click(20.0, 20.0)], image="/data/local-files/?d=empty.png"), 4, "empty"),
