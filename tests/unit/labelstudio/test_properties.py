@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from rpsam2_backend.core.errors import BackendError
 from rpsam2_backend.core.settings import Settings
 from rpsam2_backend.labelstudio.brush import mask_to_rle, rle_to_mask
-from rpsam2_backend.labelstudio.prompts import parse_context
 from rpsam2_backend.labelstudio.images import ImageLoader
 from rpsam2_backend.labelstudio.label_config import parse_label_config
+from rpsam2_backend.labelstudio.prompts import parse_context
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12),
