@@ -87,28 +87,33 @@ def add_training_data_arguments(data: argparse._ArgumentGroup) -> argparse._Argu
     return data
 
 
-def load_training_data(args: argparse.Namespace):
-    """(whole dataset, training samples, validation samples) from the flags of ``add_training_data_arguments``.
-
-    Training uses ``--train-split`` when the dataset has it, else every sample outside the validation
-    and ``test`` splits; validation ``--val-split`` when present, else a stratified ``--val-fraction`` of
-    the training samples; ``args.fraction`` (when the command has it) then keeps a stratified share."""
+def load_cli_dataset(args: argparse.Namespace, split: str | None):
+    """``--data`` in ``--format`` (``--fold`` for Cataract-1k), one split or all; UsageError names the flag."""
     from trainer.datasets import load_dataset
 
     path = Path(args.data).expanduser()
     if not path.exists():
         raise UsageError(f"--data {path} does not exist")
-    if not 0.0 <= args.val_fraction < 1.0:
-        raise UsageError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     options = {}
     if args.fold is not None:
         if args.fmt != "cataract1k":
             raise UsageError("--fold applies to --format cataract1k only")
         options["fold"] = args.fold
     try:
-        dataset = load_dataset(path, args.fmt, None, **options)
+        return load_dataset(path, args.fmt, split, **options)
     except (FileNotFoundError, ValueError, KeyError, OSError) as exc:
         raise UsageError(f"cannot load {args.fmt} data from {path}: {exc}") from exc
+
+
+def load_training_data(args: argparse.Namespace):
+    """(whole dataset, training samples, validation samples) from the flags of ``add_training_data_arguments``.
+
+    Training uses ``--train-split`` when the dataset has it, else every sample outside the validation
+    and ``test`` splits; validation ``--val-split`` when present, else a stratified ``--val-fraction`` of
+    the training samples; ``args.fraction`` (when the command has it) then keeps a stratified share."""
+    if not 0.0 <= args.val_fraction < 1.0:
+        raise UsageError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+    dataset = load_cli_dataset(args, None)
 
     if args.train_split in dataset.splits:
         train, train_how = dataset.split(args.train_split), f"split {args.train_split!r}"
@@ -128,7 +133,7 @@ def load_training_data(args: argparse.Namespace):
     if fraction is not None and fraction < 1.0:
         train, _ = train.stratified_subset(fraction, args.seed)
     if not any(s.objects for s in train):
-        raise UsageError(f"no annotated objects to train on in {path} ({len(train)} training images)")
+        raise UsageError(f"no annotated objects to train on in {args.data} ({len(train)} training images)")
     logging.getLogger(__name__).info("data: %d training images (%s), %d validation images (%s)",
                                      len(train), train_how, len(val), how)
     return dataset, train, val
@@ -184,8 +189,8 @@ def int_list(text: str) -> list[int]:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return values
 
 

@@ -25,22 +25,12 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
-from trainer.cli.common import UsageError, add_sam2_arguments, build_engine, run_cli
+from trainer.cli.common import UsageError, add_sam2_arguments, build_engine, int_list, load_cli_dataset, run_cli
 from trainer.datasets import FORMATS
 
 METHOD_NAMES = ("sam2", "rpsam2", "sam2ft")
 TESTS = {"wilcoxon": "Wilcoxon signed-rank", "ttest": "paired t-test"}
 PROG = "rpsam2-eval"
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seeds", type=int, default=10, help="number of prompts per object (seeds 0..N-1)")
     ev.add_argument("--points", type=int, default=1, help="random positive points per object in Table 1")
     ev.add_argument("--table2", action="store_true", help="also compute Table 2 (see --table2-points), same pass")
-    ev.add_argument("--table2-points", type=_int_list, default=[2, 3, 5], help="point counts of Table 2")
+    ev.add_argument("--table2-points", type=int_list, default=[2, 3, 5], help="point counts of Table 2")
     ev.add_argument("--test", choices=sorted(TESTS), default="wilcoxon", help="paired significance test")
     ev.add_argument("--heatmaps", type=int, default=0, help="draw Dice heatmaps for the first N objects")
     ev.add_argument("--heatmap-objects", default="",
@@ -113,25 +103,13 @@ def _methods(text: str, args: argparse.Namespace) -> list[str]:
 
 
 def _load_data(args: argparse.Namespace):
-    from trainer.datasets import load_dataset
-
-    path = Path(args.data)
-    if not path.exists():
-        raise UsageError(f"--data {path} does not exist")
     split = args.split
     if split is None:
         split = None if args.fmt == "labelstudio" else "test"
     elif split.lower() == "all":
         split = None
-    options = {}
-    if args.fold is not None:
-        if args.fmt != "cataract1k":
-            raise UsageError("--fold applies to --format cataract1k only")
-        options["fold"] = args.fold
-    try:
-        dataset = load_dataset(path, args.fmt, split, **options)
-    except (FileNotFoundError, ValueError, KeyError) as exc:
-        raise UsageError(f"cannot load {args.fmt} data from {path}: {exc}") from exc
+    dataset = load_cli_dataset(args, split)
+    path = Path(args.data)
     if len(dataset) == 0 or not any(s.objects for s in dataset):
         which = f"split {split!r}" if split else "dataset"
         raise UsageError(f"{which} of {path} has no annotated objects to evaluate ({len(dataset)} images)")
