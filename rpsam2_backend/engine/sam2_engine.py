@@ -128,6 +128,12 @@ class SAM2Engine:
         scale = torch.tensor([self.image_size / w, self.image_size / h], device=coords_px.device)
         return coords_px.float() * scale - 0.5
 
+    def sam2_predictor_coords(self, coords_px: np.ndarray, orig_hw: tuple[int, int]) -> np.ndarray:
+        """The pixel coordinates to give ``SAM2ImagePredictor`` (which treats them as pixel
+        indices and adds the half pixel) so that it encodes exactly the points we encode."""
+        h, w = orig_hw
+        return np.asarray(coords_px, dtype=np.float64) - 0.5 * np.array([w, h]) / self.image_size
+
     def point_embeddings(
         self, coords_px: torch.Tensor, labels: torch.Tensor, orig_hw: tuple[int, int]
     ) -> tuple[torch.Tensor, torch.Tensor]:

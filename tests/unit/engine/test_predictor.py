@@ -33,7 +33,8 @@ def test_zero_shift_returns_the_click_exactly(sam2_engine, voc_features):
 
 
 def test_box_prompt_decodes_like_sam2s_own_predictor(sam2_engine, voc, voc_features):
-    """Box corners as points labelled 2 and 3 (before the clicks) is SAM2ImagePredictor's encoding."""
+    """Box corners as points labelled 2 and 3 (before the clicks) is SAM2ImagePredictor's encoding
+    (given the coordinates that undo its half-pixel shift: ours are continuous already)."""
     import numpy as np
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
@@ -42,16 +43,18 @@ def test_box_prompt_decodes_like_sam2s_own_predictor(sam2_engine, voc, voc_featu
     box = (120.0, 80.0, 360.0, 300.0)
     for clicks in ([], [PixelClick(250, 180), PixelClick(300, 120, positive=False)]):
         ours = RPSAM2Predictor(sam2_engine).segment(None, clicks, features=voc_features, box=box)
-        points = np.array([[c.x, c.y] for c in clicks]) if clicks else None
+        hw = voc_features.orig_hw
+        points = sam2_engine.sam2_predictor_coords([[c.x, c.y] for c in clicks], hw) if clicks else None
         labels = np.array([int(c.positive) for c in clicks]) if clicks else None
-        masks, scores, _ = reference.predict(points, labels, box=np.array(box), multimask_output=False)
+        corners = sam2_engine.sam2_predictor_coords([box[:2], box[2:]], hw).reshape(-1)
+        masks, scores, _ = reference.predict(points, labels, box=corners, multimask_output=False)
         assert (ours.mask != masks[0].astype(bool)).mean() < 1e-3
         assert abs(ours.score - float(scores[0])) < 1e-4
         assert 0 < ours.mask.sum() < ours.mask.size
 
 
 def test_box_prompt_is_not_shifted_and_needs_no_positive_click(sam2_engine, voc_features):
-    block = ShiftBlock(ShiftBlockConfig(layers=1, max_shift=0.3))
+    block = ShiftBlock(ShiftBlockConfig(layers=1, scale_init=0.3, scale_init_mode="sigma"))
     with torch.no_grad():
         block.phi.weight.normal_(std=1.0)
     shifted = RPSAM2Predictor(sam2_engine, shift_block=block, shift_version="t1")

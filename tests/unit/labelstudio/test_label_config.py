@@ -8,23 +8,13 @@ from label_studio_sdk.label_interface import LabelInterface
 from rpsam2_backend.core.errors import BadRequest
 from rpsam2_backend.labelstudio.label_config import OutputControl, parse_label_config
 from tests.support.paths import REPO_ROOT
+from trainer.datasets.cataract1k import INSTRUMENT_CLASSES
 
 SHIPPED = REPO_ROOT / "deploy" / "label_config.xml"
 SHIPPED_POLYGONS = REPO_ROOT / "deploy" / "label_config_polygons.xml"
 
-# Cataract-1k's 10 instrument classes, as the paper lists them.
-PAPER_CLASSES = [
-    "Slit Knife",
-    "Gauge",
-    "Capsulorhexis Cystotome",
-    "Spatula",
-    "Phacoemulsification Tip",
-    "Irrigation-Aspiration",
-    "Lens Injector",
-    "Incision Knife",
-    "Katena Forceps",
-    "Capsulorhexis Forceps",
-]
+# The shipped configs name exactly the classes the Cataract-1k loader maps (the paper's 10).
+PAPER_CLASSES = list(INSTRUMENT_CLASSES)
 
 
 def _config(keypoint_attrs: str = 'smart="true"', brush: bool = True) -> str:

@@ -250,7 +250,7 @@ def test_an_image_of_another_size_than_the_editor_saw_is_refused(backend):
 @pytest.fixture
 def shift_block(backend):
     _, runtime = backend
-    block = ShiftBlock(ShiftBlockConfig(layers=1, max_shift=0.3))
+    block = ShiftBlock(ShiftBlockConfig(layers=1, scale_init=0.3, scale_init_mode="sigma"))
     with torch.no_grad():
         block.phi.weight.normal_(std=1.0, generator=torch.Generator().manual_seed(3))
     runtime.predictor.set_shift_block(block, "test")
