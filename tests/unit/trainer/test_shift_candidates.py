@@ -77,17 +77,21 @@ def test_batched_candidate_dice_equals_separate_single_clicks(sam2_engine, voc, 
     assert len(points) >= 4
     batched = grid_dice(sam2_engine, features, points, mask, chunk_size=len(points))
     chunked = grid_dice(sam2_engine, features, points, mask, chunk_size=3)
-    single = []
+    single, sizes = [], []
     for x, y in points:
         masks, _ = sam2_engine.decode_masks(
             features, torch.tensor([[[x, y]]], dtype=torch.float32), torch.ones(1, 1, dtype=torch.int)
         )
         single.append(dice(masks[0], mask))
+        sizes.append(int(masks[0].sum()))
     single = np.array(single)
-    # Batching changes float summation order in the decoder; a flipped pixel would show up as ~1e-4.
-    np.testing.assert_allclose(batched, single, atol=1e-6)
-    np.testing.assert_allclose(chunked, single, atol=1e-6)
-    assert single.std() > 0  # the points really get different masks, so equality means something
+    # Batching changes the decoder's float summation order, so a logit within rounding of 0 may
+    # flip: allow three flipped pixels, each moving Dice = 2I/(P+G) by at most 2/(P+G).  Another
+    # point's mask, or another point order, moves it by orders of magnitude more (std below).
+    three_pixels = 3 * 2.0 / (min(sizes) + int(mask.sum()))
+    np.testing.assert_allclose(batched, single, rtol=0, atol=three_pixels)
+    np.testing.assert_allclose(chunked, single, rtol=0, atol=three_pixels)
+    assert single.std() > 100 * three_pixels  # the points get different masks: equality means something
 
 
 def test_candidate_set_respects_eps_and_lies_inside(sam2_engine, voc, voc_feature_cache):
