@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -254,6 +255,53 @@ def serialization_ms(mask: np.ndarray, reps: int = 20) -> tuple[float, int]:
     return median(measure(once, reps)) * 1e3, once()
 
 
+def _epoch(moment: datetime) -> float:
+    """rq stores UTC; a naive datetime it reads back is UTC too."""
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def rq_steps_ms(stack: Stack, payload: dict, reps: int) -> dict[str, float]:
+    """p50 ms of each step of RQ's part of a click, from the web side's clock and rq's own job
+    and result timestamps (one host, one clock): the enqueue transaction, queue to job start
+    (the worker's wake-up, job load and rq's started-job bookkeeping), the job's own work outside
+    the decode (image lookup, RLE), job end to the result's record, and that record to the
+    waiting side (result serialization, XADD, XREAD, restore)."""
+    import redis
+    from rq import Queue
+    from rq.job import Job
+    from rq.results import Result
+
+    from rpsam2_backend.core.names import SEGMENT_JOB
+    from rpsam2_backend.queue.presence import sticky_queue
+
+    conn = redis.Redis.from_url(stack.redis_url)
+    queue = Queue(sticky_queue(stack.settings.queue.click_queue, WORKER_NAME), connection=conn)
+    steps: dict[str, list[float]] = {k: [] for k in ("enqueue", "to_start", "job_outside_decode", "to_result",
+                                                     "result_to_caller")}
+    for i in range(reps + 2):  # 2 warm-up rounds
+        time.sleep(IDLE_GAP_S)
+        t0 = time.time()
+        with conn.pipeline() as pipe:  # one transaction, as RQDispatcher enqueues
+            job = queue.enqueue(SEGMENT_JOB, payload, result_ttl=60, pipeline=pipe)
+            pipe.execute()
+        t1 = time.time()
+        streams = conn.xread({Result.get_key(job.id): "0-0"}, block=int(START_TIMEOUT_S * 1000))
+        entry_id, fields = streams[0][1][-1]
+        value = Result.restore(job.id, entry_id.decode(), fields, connection=conn).return_value
+        t2 = time.time()
+        if i < 2:
+            continue
+        time.sleep(0.02)  # rq's bookkeeping after the early result
+        started = _epoch(Job.fetch(job.id, connection=conn).started_at)
+        recorded = _epoch(min(r.created_at for r in Result.all(job)))
+        steps["enqueue"].append(t1 - t0)
+        steps["to_start"].append(started - t1)
+        steps["job_outside_decode"].append(value["seconds"] - value["decode_seconds"])
+        steps["to_result"].append(recorded - started - value["seconds"])
+        steps["result_to_caller"].append(t2 - recorded)
+    return {k: percentile(v, 50) * 1e3 for k, v in steps.items()}
+
+
 def floor_ms(stack: Stack, reps: int) -> tuple[float, float]:
     """(p50 ms of one Redis PING, p50 ms of one minimal HTTP request through the same gunicorn)."""
     import redis
@@ -318,6 +366,7 @@ def run(quick: bool = False, clicks: int | None = None) -> list[Row]:
                 queued.append(t_queue)
                 queued_decode.append(result["decode_seconds"])
                 direct.append(t_bare)
+        steps = rq_steps_ms(stack, payload, clicks)
         redis_floor, http_floor = floor_ms(stack, 20 if quick else 100)
     finally:
         stack.close()
@@ -344,6 +393,15 @@ def run(quick: bool = False, clicks: int | None = None) -> list[Row]:
         {"rq_overhead_p50_ms": rq_over, "web_layer_ms": overhead - rq_over, "dev_server_overhead_p50_ms": dev_over,
          "bare_here_p50_ms": bare_p50, "unpaired_overhead_p50_ms": web_p50 - bare_p50},
     )
+    steps_row = Row(
+        "  RQ's part by step (p50, rq's timestamps)",
+        f"enqueue {steps['enqueue']:.1f} ms + queue to job start {steps['to_start']:.1f} ms",
+        f"job outside decode {steps['job_outside_decode']:.1f} ms + to result {steps['to_result']:.1f} ms",
+        f"result to caller {steps['result_to_caller']:.1f} ms",
+        "(report)",
+        None,
+        {f"{k}_ms": v for k, v in steps.items()},
+    )
     floor_row = Row(
         "  against this machine's floor",
         f"Redis PING {redis_floor:.2f} ms + minimal HTTP {http_floor:.2f} ms",
@@ -366,6 +424,7 @@ def run(quick: bool = False, clicks: int | None = None) -> list[Row]:
              "overhead_p95_ms": overhead_p95, "client_json_parse_p50_ms": parse_p50, "clicks": float(clicks)},
         ),
         split,
+        steps_row,
         floor_row,
         Row(
             "  of which grows with the RLE",
