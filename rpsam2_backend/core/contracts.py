@@ -40,6 +40,9 @@ class SegmentPayload(TypedDict):
     original_width: NotRequired[int]
     original_height: NotRequired[int]
     output: NotRequired[str]  # "brush" (default: RLE) or "polygon" (percent outlines)
+    # How close (percent of the image diagonal) a positive click must be to an object's current
+    # mask to refine it rather than start a new object (labelstudio.objects); default 0: inside.
+    object_margin_pct: NotRequired[float]
 
 
 class SegmentResult(TypedDict):
@@ -53,6 +56,7 @@ class SegmentResult(TypedDict):
     encoded: bool  # this job ran the image encoder (cache miss)
     seconds: float
     decode_seconds: float  # shift block + SAM2 decoder alone (the rest is overhead)
+    decodes: NotRequired[int]  # decoder runs this job needed (earlier prompts' masks are remembered)
     worker: NotRequired[str | None]  # added by the RQ dispatcher
     object_found: NotRequired[bool]  # False: the newest click is a negative with no object (no mask)
     objects: NotRequired[int]  # objects the context's clicks form (labelstudio/objects.py)

@@ -57,6 +57,7 @@ RETRAIN_ENQUEUE_LOCK_S = 30  # held only around "clear a finished job, enqueue a
 RETRAIN_ENQUEUE_WAIT_S = 10
 RETRAIN_RUN_LOCK_GRACE_S = 60  # the run lock outlives RPSAM2_RETRAIN_TIMEOUT by this much
 URL_KEY_MEMORY = 10_000  # task URLs whose image key a runtime remembers (skips re-downloads)
+DECODED_MASK_MEMORY = 32  # masks a runtime keeps for replaying click contexts (2 MB each at 1920x1080)
 
 # --- files under MODEL_DIR --------------------------------------------------------------------------
 LIVE_FILE = "LIVE"  # MODEL_DIR/<kind>/LIVE holds the live version's name

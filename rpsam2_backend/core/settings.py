@@ -73,6 +73,9 @@ class WebSettings:
     max_clicks: int = env("RPSAM2_MAX_CLICKS", 64, min=1)
     # Answer a click with a display-only keypoint where the shift block moved it (web/model.py).
     show_refined_point: bool = env("RPSAM2_SHOW_REFINED_POINT", True)
+    # A positive click this close to an object's current mask (percent of the image diagonal)
+    # refines that object (a missed tip, a cut undone); farther away it starts a new object.
+    object_margin_pct: float = env("RPSAM2_OBJECT_MARGIN_PCT", 3.0, max=100)
 
 
 @dataclass(frozen=True)

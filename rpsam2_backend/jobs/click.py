@@ -10,6 +10,9 @@ decoding each object's current mask as needed, and answers the object of the new
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+
+import numpy as np
 
 from rpsam2_backend.core.contracts import (
     BoxPayload,
@@ -21,35 +24,37 @@ from rpsam2_backend.core.contracts import (
 )
 from rpsam2_backend.core.errors import BadRequest, ImageError
 from rpsam2_backend.engine.features import ImageFeatures
-from rpsam2_backend.engine.predictor import PixelClick, RPSAM2Predictor, Segmentation
+from rpsam2_backend.engine.predictor import PixelClick, Segmentation
 from rpsam2_backend.jobs.runtime import Runtime, get_runtime
 from rpsam2_backend.labelstudio.brush import mask_to_rle_bytes
 from rpsam2_backend.labelstudio.images import redact_url
-from rpsam2_backend.labelstudio.objects import ClickObjects, group_clicks
+from rpsam2_backend.labelstudio.objects import ClickObjects, group_clicks, near_mask
 from rpsam2_backend.labelstudio.polygons import mask_to_polygons
 
 OUTPUTS = ("brush", "polygon")
 
 
-def _job_features(payload: SegmentPayload | PreencodePayload) -> tuple[Runtime, ImageFeatures, bool]:
-    """The job's runtime (with any newly promoted version loaded) and its image's features."""
+def _job_features(payload: SegmentPayload | PreencodePayload) -> tuple[Runtime, ImageFeatures, bool, str]:
+    """The job's runtime (with any newly promoted version loaded), its image's features, whether
+    they were computed now, and the image key."""
     rt = get_runtime()
     rt.refresh_versions()
     url = payload.get("image_url")
     if not url:
         raise BadRequest("job payload has no image_url")
-    features, encoded = _features(rt, url, payload.get("label_studio"))
-    return rt, features, encoded
+    features, encoded, key = _features(rt, url, payload.get("label_studio"))
+    return rt, features, encoded, key
 
 
-def _features(rt: Runtime, url: str, label_studio: LabelStudioAccess | None) -> tuple[ImageFeatures, bool]:
+def _features(rt: Runtime, url: str, label_studio: LabelStudioAccess | None) -> tuple[ImageFeatures, bool, str]:
     image, key = rt.load_image(url, label_studio)
     if image is None:
         cached = rt.cache.get(key)
         if cached is not None:
-            return cached, False
+            return cached, False, key
         image = rt.image_loader(label_studio).load(url)  # evicted between the two looks: fetch again
-    return rt.predictor.features(image.rgb, key)
+    features, encoded = rt.predictor.features(image.rgb, key)
+    return features, encoded, key
 
 
 def _check_size(payload: SegmentPayload, width: int, height: int) -> None:
@@ -82,26 +87,38 @@ def _box(payload: SegmentPayload, width: int, height: int) -> tuple[float, float
 
 
 def _newest_object(
-    predictor: RPSAM2Predictor, features: ImageFeatures, clicks: list[PixelClick]
+    decode_clicks: Callable[[tuple[PixelClick, ...]], Segmentation],
+    orig_hw: tuple[int, int],
+    clicks: list[PixelClick],
+    margin_pct: float = 0.0,
 ) -> tuple[ClickObjects, Segmentation | None]:
     """Group the clicks into objects (each object's mask decoded as the rule needs it) and decode
     the object of the newest click; None when that click is a negative with no object."""
-    height, width = features.orig_hw
+    height, width = orig_hw
+    margin_px = margin_pct / 100.0 * float(np.hypot(width, height))
     decoded: dict[tuple[int, ...], Segmentation] = {}
 
     def decode(indices: tuple[int, ...]) -> Segmentation:
         if indices not in decoded:
-            decoded[indices] = predictor.segment(None, [clicks[i] for i in indices], features=features)
+            decoded[indices] = decode_clicks(tuple(clicks[i] for i in indices))
         return decoded[indices]
 
     def inside(indices: tuple[int, ...], k: int) -> bool:
-        row = min(max(int(clicks[k].y), 0), height - 1)
-        col = min(max(int(clicks[k].x), 0), width - 1)
-        return bool(decode(indices).mask[row, col])
+        return near_mask(decode(indices).mask, clicks[k].x, clicks[k].y, margin_px)
 
     objects = group_clicks([c.positive for c in clicks], inside)
     newest = objects.newest
     return objects, (decode(newest) if newest is not None else None)
+
+
+def _margin(payload: SegmentPayload) -> float:
+    try:
+        margin = float(payload.get("object_margin_pct", 0.0))
+    except (TypeError, ValueError) as exc:
+        raise BadRequest(f"malformed object_margin_pct in job payload: {exc}") from exc
+    if not 0.0 <= margin <= 100.0:
+        raise BadRequest(f"object_margin_pct must be in [0, 100], got {margin}")
+    return margin
 
 
 def _clicks(payload: SegmentPayload, width: int, height: int, required: bool = True) -> list[PixelClick]:
@@ -125,18 +142,28 @@ def segment_job(payload: SegmentPayload) -> SegmentResult:
     output = payload.get("output", "brush")
     if output not in OUTPUTS:
         raise BadRequest(f"job payload output must be one of {OUTPUTS}, got {output!r}")
-    rt, features, encoded = _job_features(payload)
+    rt, features, encoded, key = _job_features(payload)
     height, width = features.orig_hw
     _check_size(payload, width, height)
     box = _box(payload, width, height)
     clicks = _clicks(payload, width, height, required=box is None)
     decode_started = time.perf_counter()
+    decodes = 0
+    version = rt.predictor.version
+
+    def decode_clicks(prompt: tuple[PixelClick, ...]) -> Segmentation:
+        nonlocal decodes
+        found, now = rt.decoded.get_or_decode(
+            (key, version, prompt), lambda: rt.predictor.segment(None, list(prompt), features=features))
+        decodes += now
+        return found
+
     try:
         if box is not None:
             seg: Segmentation | None = rt.predictor.segment(None, clicks, features=features, box=box)
-            objects, object_clicks = 1, len(clicks)
+            objects, object_clicks, decodes = 1, len(clicks), 1
         else:
-            grouping, seg = _newest_object(rt.predictor, features, clicks)
+            grouping, seg = _newest_object(decode_clicks, features.orig_hw, clicks, _margin(payload))
             objects, object_clicks = len(grouping.objects), len(grouping.newest or ())
     except ValueError as exc:
         raise BadRequest(str(exc)) from exc
@@ -152,6 +179,7 @@ def segment_job(payload: SegmentPayload) -> SegmentResult:
         "encoded": encoded,
         "seconds": 0.0,
         "decode_seconds": decode_seconds,  # shift block + SAM2 decoder alone (the rest is overhead)
+        "decodes": decodes,
         "object_found": seg is not None,
         "objects": objects,
         "object_clicks": object_clicks,
@@ -173,5 +201,5 @@ def segment_job(payload: SegmentPayload) -> SegmentResult:
 
 def preencode_job(payload: PreencodePayload) -> PreencodeResult:
     """Encode a task's image ahead of the first click (Label Studio opened the task)."""
-    _, features, encoded = _job_features(payload)
+    _, features, encoded, _ = _job_features(payload)
     return {"encoded": encoded, "height": features.orig_hw[0], "width": features.orig_hw[1]}

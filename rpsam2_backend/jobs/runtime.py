@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rpsam2_backend.core.contracts import LabelStudioAccess, RuntimeStats
-from rpsam2_backend.core.names import URL_KEY_MEMORY
+from rpsam2_backend.core.names import DECODED_MASK_MEMORY, URL_KEY_MEMORY
 from rpsam2_backend.core.settings import Settings, get_settings
 from rpsam2_backend.engine.build import resolve_device
 from rpsam2_backend.engine.checkpoint_store import CheckpointStore
@@ -24,6 +24,7 @@ from rpsam2_backend.engine.embedding_cache import EmbeddingCache, image_key
 from rpsam2_backend.engine.modeling.shift_block import ShiftBlock
 from rpsam2_backend.engine.predictor import RPSAM2Predictor
 from rpsam2_backend.engine.sam2_engine import SAM2Engine, shared_engine
+from rpsam2_backend.jobs.decoded_masks import DecodedMasks
 from rpsam2_backend.labelstudio.images import ImageLoader, LoadedImage
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class Runtime:
             engine = shared_engine(model.sam2_config, settings.resolved_checkpoint(), resolve_device(model.device))
         self.cache = EmbeddingCache(model.cache_mb * 1024 * 1024)
         self.predictor = RPSAM2Predictor(engine, cache=self.cache)
+        self.decoded = DecodedMasks(DECODED_MASK_MEMORY)
         self.images = ImageLoader(settings)
         self._decoders = DecoderSwapper(engine)
         self._shift_source = _VersionSource(model.shift_checkpoint, CheckpointStore(model.model_dir, "shift"))

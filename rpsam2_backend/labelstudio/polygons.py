@@ -6,7 +6,8 @@ Label Studio polygons are single rings: no holes, one region per ring.  So:
   disc);
 * each separate part becomes its own polygon (its own region), largest first; parts smaller than
   ``MIN_PART_PX`` pixels or than ``MIN_PART_FRACTION`` of the largest part are dropped (speckle),
-  and at most ``MAX_PARTS`` are kept;
+  except the largest part itself (a small object still gets its polygon), and at most
+  ``MAX_PARTS`` are kept;
 * each ring is simplified with Douglas-Peucker (``cv2.approxPolyDP``) at ``TOLERANCE_PX`` pixels:
   no point of the traced outline is further than that from the polygon;
 * points are the centres of the part's boundary pixels, in percent of the image (pixel column
@@ -60,8 +61,8 @@ def mask_to_polygons(mask: np.ndarray, tolerance: float = TOLERANCE_PX) -> list[
         return []
     floor = max(MIN_PART_PX, MIN_PART_FRACTION * parts[0][0])
     polygons: list[Polygon] = []
-    for area, contour in parts[:MAX_PARTS]:
-        if area < floor:
+    for i, (area, contour) in enumerate(parts[:MAX_PARTS]):
+        if area < floor and i > 0:  # the largest part always stays: a small object is still an object
             break
         ring = _ring(contour, tolerance)
         if len(ring) < 3:

@@ -103,8 +103,8 @@ def _label(value: dict, key: str, where: str) -> str:
         raise BadRequest(f"{where} has no value.{key}: pick a label before prompting")
     if not all(isinstance(label, str) and label for label in labels):
         raise BadRequest(f"{where} value.{key} must be label names, got {labels!r}")
-    if len(set(labels)) > 1:
-        raise BadRequest(f"{where} carries several labels {labels!r}; a prompt segments one object")
+    # With choice="multiple" a click may carry several labels; the editor groups prompts by the
+    # first one (getConnectedDynamicRegions), so its mask gets that label too.
     return labels[0]
 
 

@@ -91,10 +91,11 @@ class RPSAM2Model(LabelStudioMLBase):
             "original_height": request.original_height,
             "output": "polygon" if output.type == "polygonlabels" else "brush",
         }
+        state = get_web_state()
+        payload["object_margin_pct"] = state.settings.web.object_margin_pct
         if request.box is not None:
             b = request.box
             payload["box"] = {"x0": b.x0, "y0": b.y0, "x1": b.x1, "y1": b.y1}
-        state = get_web_state()
         if state.label_studio:
             payload["label_studio"] = state.label_studio
         result: SegmentResult = state.dispatcher.call(SEGMENT_JOB, payload, routing_key=url)

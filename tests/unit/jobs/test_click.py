@@ -66,3 +66,47 @@ def test_segment_job_polygon_output_and_negative_only(backend):
     assert polygon["polygons"] == mask_to_polygons(rle_to_mask(brush["rle"], 375, 500))
     nothing = segment_job({"image_url": url, "clicks": [{"x": 35.0, "y": 45.0, "positive": False}]})
     assert nothing["object_found"] is False and nothing["rle"] is None and nothing["objects"] == 0
+
+
+def test_replaying_a_context_decodes_only_the_new_prompt(backend, voc):
+    """The n-th click of an object needs the masks of every earlier prefix (the object rule); the
+    previous request decoded them, so a request costs one decode, and the answer is unchanged."""
+    from rpsam2_backend.engine.embedding_cache import image_key
+    from rpsam2_backend.engine.predictor import PixelClick
+    from rpsam2_backend.jobs.click import segment_job
+
+    _, runtime = backend
+    url = "/data/local-files/?d=voc.png"
+    pct = [(41.1, 37.3), (43.3, 39.9), (40.2, 35.7), (44.4, 41.5)]  # one object (speckle: all near)
+    for n in range(1, len(pct) + 1):
+        clicks = [{"x": x, "y": y, "positive": True} for x, y in pct[:n]]
+        result = segment_job({"image_url": url, "clicks": clicks, "object_margin_pct": 3.0})
+        assert (result["objects"], result["object_clicks"], result["decodes"]) == (1, n, 1)
+    again = segment_job({"image_url": url, "clicks": clicks, "object_margin_pct": 3.0})
+    assert again["decodes"] == 0 and again["rle"] == result["rle"]
+
+    features = runtime.cache.get(image_key(voc["rgb"]))
+    fresh = runtime.predictor.segment(
+        None, [PixelClick(x / 100 * 500, y / 100 * 375) for x, y in pct], features=features)
+    np.testing.assert_array_equal(rle_to_mask(result["rle"], 375, 500), fresh.mask)
+
+
+def test_a_new_model_version_decodes_again(backend, monkeypatch):
+    from rpsam2_backend.jobs.click import segment_job
+
+    _, runtime = backend
+    payload = {"image_url": "/data/local-files/?d=voc.png", "clicks": [{"x": 61.7, "y": 22.9}]}
+    segment_job(payload)
+    assert segment_job(payload)["decodes"] == 0
+    monkeypatch.setattr(runtime.predictor, "decoder_version", "ft-test")  # what a promotion changes
+    assert segment_job(payload)["decodes"] == 1
+
+
+def test_margin_in_the_payload_is_checked(backend):
+    from rpsam2_backend.core.errors import BadRequest
+    from rpsam2_backend.jobs.click import segment_job
+
+    url = "/data/local-files/?d=voc.png"
+    for bad in ("wide", float("nan"), -1.0, 101.0):
+        with pytest.raises(BadRequest, match="object_margin_pct"):
+            segment_job({"image_url": url, "clicks": [{"x": 5.0, "y": 5.0}], "object_margin_pct": bad})

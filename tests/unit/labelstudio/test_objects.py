@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import math
 
-from rpsam2_backend.labelstudio.objects import ClickObjects, group_clicks
+import numpy as np
+import pytest
+
+from rpsam2_backend.labelstudio.objects import ClickObjects, group_clicks, near_mask
 from rpsam2_backend.labelstudio.prompts import PercentClick, parse_context
 
 
@@ -123,6 +126,39 @@ def test_inside_several_masks_otherwise_the_most_recently_touched_object_wins() 
 
 
 def test_a_hole_cut_by_a_negative_click_lets_a_positive_click_there_start_a_new_object() -> None:
-    # (21, 30) lies in object 1's disc but inside the hole its negative click cut.
+    # (21, 30) lies in object 1's disc but inside the hole its negative click cut.  The rule is pure:
+    # with the job's margin (near_mask) such a click is near the hole's rim and refines object 1.
     objects, _ = _group(_kp(20, 30), _kp(21, 30.5, positive=False), _kp(21, 30))
     assert objects.objects == ((0, 1), (2,))
+
+
+# --- near_mask: "on or near the current mask" in pixels -----------------------------------------
+
+
+def test_near_mask_measures_from_pixel_centres() -> None:
+    mask = np.zeros((40, 60), bool)
+    mask[10, 20] = True  # centre (20.5, 10.5)
+    assert near_mask(mask, 20.9, 10.2, 0.0)  # on the pixel
+    assert not near_mask(mask, 21.0, 10.5, 0.0)  # next pixel, no margin
+    assert near_mask(mask, 25.5, 10.5, 5.0)  # exactly 5 px from the centre
+    assert not near_mask(mask, 25.5, 10.5, 4.99)
+    assert near_mask(mask, 23.5, 14.5, 5.0) and not near_mask(mask, 23.5, 14.6, 5.0)  # 3-4-5, then past it
+    assert not near_mask(np.zeros((40, 60), bool), 20.5, 10.5, 100.0)
+
+
+def test_near_mask_clamps_points_on_the_image_edge() -> None:
+    mask = np.zeros((40, 60), bool)
+    mask[39, 59] = True
+    assert near_mask(mask, 60.0, 40.0, 0.0)  # the far edge belongs to the last pixel
+    assert near_mask(mask, 57.5, 39.5, 2.0) and not near_mask(mask, 57.5, 39.5, 1.9)
+
+
+@pytest.mark.parametrize("radius", [0.0, 1.5, 3.0, 7.2])
+def test_near_mask_equals_a_brute_force_distance(radius: float) -> None:
+    rng = np.random.default_rng(int(radius * 10))
+    mask = rng.random((30, 30)) < 0.02
+    rows, cols = np.nonzero(mask)
+    for x, y in rng.uniform(0, 30, size=(200, 2)):
+        on_pixel = bool(mask[int(y), int(x)])
+        close = bool((((cols + 0.5 - x) ** 2 + (rows + 0.5 - y) ** 2) <= radius * radius).any())
+        assert near_mask(mask, x, y, radius) == (on_pixel or (radius > 0 and close)), (x, y)

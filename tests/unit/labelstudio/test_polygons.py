@@ -93,6 +93,15 @@ def test_parts_under_five_percent_of_the_largest_are_dropped() -> None:
     assert len(mask_to_polygons(big | crumb)) == 1
 
 
+def test_an_object_under_min_part_px_still_gets_its_polygon() -> None:
+    mask = np.zeros((H, W), bool)
+    mask[40:43, 60:64] = True  # 12 px, under MIN_PART_PX: the largest (only) part stays
+    mask[90, 150] = True  # a single speckle pixel beside it is still dropped
+    (polygon,) = mask_to_polygons(mask)
+    xs, ys = _pixels(polygon).T
+    assert (xs.min(), xs.max(), ys.min(), ys.max()) == pytest.approx((60.5, 63.5, 40.5, 42.5))
+
+
 def test_at_most_max_parts() -> None:
     mask = np.zeros((H, W), bool)
     for i in range(MAX_PARTS + 5):

@@ -136,10 +136,12 @@ def test_missing_or_empty_keypointlabels() -> None:
     _bad(_ctx(item), "must be label names")
 
 
-def test_one_click_with_two_labels() -> None:
+def test_one_click_with_two_labels_takes_the_first_as_the_editor_groups_by() -> None:
     item = _kp()
-    item["value"]["keypointlabels"] = ["Spatula", "Gauge"]
-    _bad(_ctx(item), "several labels")
+    item["value"]["keypointlabels"] = ["Gauge", "Spatula"]
+    other = _kp(x=30.0, label="Gauge")
+    request = parse_context(_ctx(other, item))
+    assert request is not None and request.label == "Gauge" and len(request.clicks) == 2
 
 
 def test_clicks_with_different_labels_name_them() -> None:

@@ -149,7 +149,30 @@ def test_smart_rectangle_on_a_polygon_project(backend, voc_features):
 # --- several objects of one label ---------------------------------------------------------------
 
 
-def test_second_object_of_the_same_label_gets_its_own_mask(backend, voc_features):
+@pytest.fixture
+def no_margin(monkeypatch):
+    """Random-weight masks are speckle over most of the image, so every pixel is within a few pixels
+    of any mask: with the default margin no click could start a second object.  Margin 0 = on the
+    mask itself, which these tests need to tell objects apart."""
+    state = get_web_state()
+    monkeypatch.setattr(state, "settings", state.settings.with_("web", object_margin_pct=0.0))
+
+
+def test_a_positive_click_near_the_mask_refines_the_object(backend, voc_features):
+    """A missed tip just outside the current mask (within RPSAM2_OBJECT_MARGIN_PCT) adds to the
+    object instead of starting a new one."""
+    client, _ = backend
+    a = (150, 150)
+    mask_a = _expected(backend, voc_features, [_px(*a)])
+    b = _pixel_where(mask_a, False)  # off the mask, but speckle is everywhere: within 3 % of the diagonal
+    assert get_web_state().settings.web.object_margin_pct == 3.0
+    (region,) = _answer(client.post("/predict", json=predict_body([click(*_pct(*a)), click(*_pct(*b))])))["result"]
+    refined = _expected(backend, voc_features, [_px(*a), _px(*b)])
+    np.testing.assert_array_equal(_brush(region), refined)
+    assert (refined != _expected(backend, voc_features, [_px(*b)])).any()  # not a new object of b alone
+
+
+def test_second_object_of_the_same_label_gets_its_own_mask(backend, voc_features, no_margin):
     """The editor sends object 1's clicks (accepted with its own check mark) with the new click."""
     client, _ = backend
     a = (150, 150)
@@ -168,7 +191,7 @@ def test_second_object_of_the_same_label_gets_its_own_mask(backend, voc_features
     np.testing.assert_array_equal(_brush(region), _expected(backend, voc_features, [_px(*a), _px(*a2)]))
 
 
-def test_negative_click_refines_the_object_whose_mask_contains_it(backend, voc_features):
+def test_negative_click_refines_the_object_whose_mask_contains_it(backend, voc_features, no_margin):
     client, _ = backend
     a = (150, 150)
     mask_a = _expected(backend, voc_features, [_px(*a)])
