@@ -56,6 +56,9 @@ class RPSAM2Predictor:
         self.shift_block: ShiftBlock | None = None
         self.shift_version = ""
         self.decoder_version = decoder_version
+        # Counts swaps of the shift block: two blocks may carry one version name (tests, a pinned
+        # directory rewritten in place), and remembered masks must not outlive the block.
+        self.generation = 0
         self.set_shift_block(shift_block, shift_version)
 
     # --- versions --------------------------------------------------------------------------
@@ -67,6 +70,13 @@ class RPSAM2Predictor:
                 p.requires_grad_(False)
         with self._lock:
             self.shift_block, self.shift_version = block, (version or "unversioned") if block else ""
+            self.generation += 1
+
+    def set_decoder_version(self, version: str) -> None:
+        """Name the decoder weights just swapped in (``DecoderSwapper`` loads them in place)."""
+        with self._lock:
+            self.decoder_version = version
+            self.generation += 1
 
     @property
     def version(self) -> str:

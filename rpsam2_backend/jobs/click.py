@@ -149,7 +149,7 @@ def segment_job(payload: SegmentPayload) -> SegmentResult:
     clicks = _clicks(payload, width, height, required=box is None)
     decode_started = time.perf_counter()
     decodes = 0
-    version = rt.predictor.version
+    version = (rt.predictor.version, rt.predictor.generation)
 
     def decode_clicks(prompt: tuple[PixelClick, ...]) -> Segmentation:
         nonlocal decodes

@@ -103,7 +103,7 @@ class Runtime:
             if self._decoder_source.changed():
                 name, path = self._decoder_source.current()
                 self._decoders.load(path)
-                self.predictor.decoder_version = name
+                self.predictor.set_decoder_version(name)
                 self._decoder_source.mark()
                 log.info("mask decoder now %s", name or "SAM2 released weights")
                 changed = True

@@ -100,6 +100,9 @@ def test_a_new_model_version_decodes_again(backend, monkeypatch):
     assert segment_job(payload)["decodes"] == 0
     monkeypatch.setattr(runtime.predictor, "decoder_version", "ft-test")  # what a promotion changes
     assert segment_job(payload)["decodes"] == 1
+    monkeypatch.undo()
+    runtime.predictor.set_shift_block(None)  # a swap under the same (empty) version name
+    assert segment_job(payload)["decodes"] == 1
 
 
 def test_margin_in_the_payload_is_checked(backend):
