@@ -22,9 +22,6 @@ class DecodedMasks:
         self._items: OrderedDict[Hashable, Segmentation] = OrderedDict()
         self._lock = threading.Lock()  # inline mode runs jobs in the web server's threads
 
-    def __len__(self) -> int:
-        return len(self._items)
-
     def get_or_decode(self, key: Hashable, decode: Callable[[], Segmentation]) -> tuple[Segmentation, bool]:
         """(the segmentation, decoded now)."""
         with self._lock:

@@ -19,8 +19,9 @@ newest click last):
 "Near" is within a margin of the mask (``near_mask``; the job takes it from
 RPSAM2_OBJECT_MARGIN_PCT, a share of the image diagonal, so that it scales with the image).
 "Current mask" is the mask of the object as decoded from its clicks so far, so a caller supplies
-``inside(object_clicks, click)`` (on or near it); the rule itself is pure.  The answer to a request is the mask of
-the object that the newest click belongs to: the other objects were answered by earlier requests.
+``inside(object_clicks, click)`` (on or near it); the rule itself is pure.  The answer to a request
+is the mask of the object that the newest click belongs to: the other objects were answered by
+earlier requests.
 """
 
 from __future__ import annotations

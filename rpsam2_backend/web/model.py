@@ -84,15 +84,15 @@ class RPSAM2Model(LabelStudioMLBase):
         config = self.config
         output = config.output_for_label(request.label, request.to_name)
         url = image_url(task, config, request.to_name, request.item_index)
+        state = get_web_state()
         payload: SegmentPayload = {
             "image_url": url,
             "clicks": [{"x": c.x, "y": c.y, "positive": c.positive} for c in request.clicks],
             "original_width": request.original_width,
             "original_height": request.original_height,
             "output": "polygon" if output.type == "polygonlabels" else "brush",
+            "object_margin_pct": state.settings.web.object_margin_pct,
         }
-        state = get_web_state()
-        payload["object_margin_pct"] = state.settings.web.object_margin_pct
         if request.box is not None:
             b = request.box
             payload["box"] = {"x0": b.x0, "y0": b.y0, "x1": b.x1, "y1": b.y1}
