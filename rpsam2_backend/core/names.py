@@ -32,6 +32,7 @@ RETRAIN_ENQUEUE_LOCK_KEY = "rpsam2:retrain:enqueue:{project}"
 RETRAIN_RUN_LOCK_KEY = "rpsam2:retrain:running:{project}"
 RETRAIN_SCHEDULE_PREFIX = "rpsam2-retrain-{project}-at-"
 PROPAGATE_ENQUEUE_LOCK_KEY = "rpsam2:propagate:enqueue:{project}:{task}"
+PROPAGATE_VIDEO_LOCK_KEY = "rpsam2:propagate:video:{project}:{video}"
 
 
 def retrain_job_id(project: int | str) -> str:
@@ -56,6 +57,7 @@ CLICK_QUEUE_GRACE_S = 5  # a click job outlives the web's wait by this much, the
 RETRAIN_ENQUEUE_LOCK_S = 30  # held only around "clear a finished job, enqueue a new one"
 RETRAIN_ENQUEUE_WAIT_S = 10
 RETRAIN_RUN_LOCK_GRACE_S = 60  # the run lock outlives RPSAM2_RETRAIN_TIMEOUT by this much
+PROPAGATE_VIDEO_LOCK_GRACE_S = 60  # the video lock outlives RPSAM2_PROPAGATE_TIMEOUT by this much
 URL_KEY_MEMORY = 10_000  # task URLs whose image key a runtime remembers (skips re-downloads)
 DECODED_MASK_MEMORY = 32  # masks a runtime keeps for replaying click contexts (2 MB each at 1920x1080)
 

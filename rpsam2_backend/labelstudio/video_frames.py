@@ -13,7 +13,9 @@ A task is frame ``F`` of video ``V`` when:
 Frame numbers need not be consecutive: a video's *step* is the smallest difference between its
 frame numbers (1 for numbered frames, 90 for frames sampled every 90th), and a larger difference
 is a **gap** (missing frames).  Propagation never crosses a gap: the tracker would jump over
-motion it has not seen, so it stops there and says so (``Window.stopped_forward``).
+motion it has not seen, so it stops there and says so (``Window.stopped_forward``).  Given an
+``annotated`` test, the window also ends before the next frame a person labelled: their labels
+are a better seed than anything tracked through them, and such a frame gets no prediction anyway.
 
 Everything here is pure (task dicts in, dataclasses out) and raises ``VideoFrameError`` (HTTP 422)
 with the task id and the offending value for input it cannot use.
@@ -65,7 +67,7 @@ class Window:
     frames: list[FrameTask]
     seed: int  # index of the seed frame in ``frames``
     step: int
-    stopped_forward: str  # why the window ends after the seed (reached N, end of video, a gap)
+    stopped_forward: str  # why the window ends after the seed (reached N, end of video, a gap, a labelled frame)
     stopped_backward: str
 
     @property
@@ -198,7 +200,10 @@ def video_tasks(
     return [found[f] for f in sorted(found)]
 
 
-def _walk(frames: list[FrameTask], seed: int, direction: int, count: int, step: int) -> tuple[int, str]:
+def _walk(
+    frames: list[FrameTask], seed: int, direction: int, count: int, step: int,
+    annotated: Callable[[dict[str, Any]], bool] | None,
+) -> tuple[int, str]:
     """How many frames from the seed in ``direction`` the window takes, and why it stops there."""
     taken = 0
     while taken < count:
@@ -209,6 +214,8 @@ def _walk(frames: list[FrameTask], seed: int, direction: int, count: int, step: 
         if abs(frames[index].frame - previous.frame) != step:
             return taken, (f"gap in the frame numbers after frame {previous.frame} (next is frame "
                            f"{frames[index].frame}, step {step})")
+        if annotated is not None and annotated(frames[index].task):
+            return taken, f"frame {frames[index].frame} (task {frames[index].task_id}) is labelled"
         taken += 1
     return taken, f"reached {count} frames" if count else "not asked"
 
@@ -221,9 +228,11 @@ def propagation_window(
     video_key: str = "video",
     frame_key: str = "frame",
     image_url_of: Callable[[dict[str, Any]], str | None] | None = None,
+    annotated: Callable[[dict[str, Any]], bool] | None = None,
 ) -> Window:
     """The frames around task ``seed_task_id`` a propagation of ``forward`` / ``backward`` frames
-    visits, stopping early at the end of the video or at a gap (module docstring)."""
+    visits, stopping early at the end of the video, at a gap or before a task ``annotated`` says
+    a person labelled (module docstring)."""
     if forward < 0 or backward < 0:
         raise ValueError("forward and backward must be >= 0")
     seed_task = next((t for t in tasks if isinstance(t, dict) and str(t.get("id")) == str(seed_task_id)), None)
@@ -239,6 +248,6 @@ def propagation_window(
     frames = video_tasks(tasks, ref.video, video_key, frame_key, image_url_of)
     seed = next(i for i, f in enumerate(frames) if f.task_id == int(seed_task_id))
     step = video_step(f.frame for f in frames)
-    after, why_after = _walk(frames, seed, +1, forward, step)
-    before, why_before = _walk(frames, seed, -1, backward, step)
+    after, why_after = _walk(frames, seed, +1, forward, step, annotated)
+    before, why_before = _walk(frames, seed, -1, backward, step, annotated)
     return Window(ref.video, frames[seed - before : seed + after + 1], before, step, why_after, why_before)

@@ -15,14 +15,25 @@ job per task is ever needed:
 - Without Redis, one thread per task runs the job; a submission while it runs is remembered (the
   newest one replaces an older one still waiting) and run by the same thread afterwards.
 
+Job ids and threads are per task, so seeds on two frames of one video may run at once; the job
+holds ``propagation_video_lock`` from reading the project's predictions to deleting the ones it
+supersedes, so the later of the two sees the earlier one's predictions and supersedes them on
+the frames both cover (a Redis lock with Redis, else an flock under MODEL_DIR, like
+``queue.retrain.retrain_run_lock``).
+
 Nothing here imports ``trainer``: the job is resolved by name where it runs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import logging
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -31,6 +42,8 @@ from rpsam2_backend.core.contracts import PropagationPayload
 from rpsam2_backend.core.names import (
     PROPAGATE_ENQUEUE_LOCK_KEY,
     PROPAGATE_JOB,
+    PROPAGATE_VIDEO_LOCK_GRACE_S,
+    PROPAGATE_VIDEO_LOCK_KEY,
     RETRAIN_ENQUEUE_LOCK_S,
     RETRAIN_ENQUEUE_WAIT_S,
     propagate_job_ids,
@@ -94,6 +107,41 @@ def enqueue_propagation(
     log.info("propagation of task %s (project %s) enqueued as %s on %s%s", task, project, free, queue.name,
              f" after {running[0]}" if running else "")
     return {"enqueued": True, "job": free, "queue": queue.name, **({"after": running[0]} if running else {})}
+
+
+@contextlib.contextmanager
+def propagation_video_lock(settings: Settings, project: str, video: str) -> Iterator[None]:
+    """Held while a propagation of ``video`` reads, uploads and supersedes predictions; blocks
+    while another propagation of the same video holds it (rules in the module docstring)."""
+    if not settings.inline:
+        timeout = settings.learning.propagate_timeout
+        # Expires a grace period after the job's own timeout, so a killed worker cannot block the
+        # video for ever; waiting longer than a job may run would outlive this job's timeout anyway.
+        lock = connect(settings.queue.redis_url, settings.queue.redis_timeout).lock(
+            PROPAGATE_VIDEO_LOCK_KEY.format(project=project, video=video),
+            timeout=timeout + PROPAGATE_VIDEO_LOCK_GRACE_S, blocking_timeout=timeout,
+        )
+        if not lock.acquire():
+            raise TimeoutError(f"video {video!r} of project {project} stayed locked by another propagation "
+                               f"for {timeout} s (RPSAM2_PROPAGATE_TIMEOUT)")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):  # expired: the next holder is already on its way
+                lock.release()
+        return
+    # An flock (not a threading.Lock): inline web workers may be several processes, and flock
+    # also excludes two threads of one process that open the file separately.  The video's
+    # name is free text, hence a digest in the file name.
+    digest = hashlib.sha1(video.encode()).hexdigest()[:16]
+    path = Path(settings.model.model_dir) / f".propagate-{project}-{digest}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # ------------------------------------------------------------------------------ inline (no Redis)

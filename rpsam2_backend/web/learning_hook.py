@@ -14,7 +14,8 @@ How a retrain runs (training queue with a fixed job id, or a thread without Redi
 ``queue.retrain.trigger_retrain``.  Counters live in Redis (``rpsam2:retrain:count:<project>``),
 or without Redis in ``MODEL_DIR/retrain_counts.json``.
 
-Video: with ``RPSAM2_PROPAGATE_FRAMES`` > 0, a created or updated annotation with brush masks also
+Video: with ``RPSAM2_PROPAGATE_FRAMES`` > 0, a created or updated annotation with brush masks on a
+video frame (``labelstudio.video_frames.frame_of`` of the webhook's task, as the job decides) also
 starts a propagation of its masks to the task's neighbouring frames, on the training queue
 (``queue.propagation.trigger_propagation``); its answer is under ``"propagation"``.
 """
@@ -32,6 +33,7 @@ from typing import Any
 from rpsam2_backend.core.contracts import LabelStudioAccess, PropagationPayload
 from rpsam2_backend.core.names import RETRAIN_COUNT_KEY, RETRAIN_COUNTS_FILE
 from rpsam2_backend.core.settings import Settings
+from rpsam2_backend.labelstudio.video_frames import VideoFrameError, frame_of
 from rpsam2_backend.queue.connection import connect
 from rpsam2_backend.queue.propagation import trigger_propagation
 from rpsam2_backend.queue.retrain import trigger_retrain
@@ -129,6 +131,10 @@ def _propagate(
     task = task_of(data)
     if settings.learning.propagate_frames <= 0 or not has_masks or task is None:
         return {}
+    if not _may_be_video_frame(data, settings):
+        # The job would export the project only to fail, and its "failed" would replace the last
+        # real propagation in /health: plain image tasks of a project never start one.
+        return {"propagation": {"enqueued": False, "reason": f"task {task} is not a video frame"}}
     payload: PropagationPayload = {"project": project, "task": task, "reason": event}
     if isinstance(annotation.get("id"), int):
         payload["annotation"] = annotation["id"]
@@ -139,6 +145,18 @@ def _propagate(
     except Exception as exc:  # a Redis hiccup must not lose the label count (nor answer 500 to LS)
         log.warning("propagation of task %s not started: %s", task, exc)
         return {"propagation": {"enqueued": False, "reason": f"{type(exc).__name__}: {exc}"}}
+
+
+def _may_be_video_frame(data: dict[str, Any], settings: Settings) -> bool:
+    """False only when the webhook's task data says the task is no video frame.  Frame keys the
+    job cannot use, or a body without task data, go to the job, which says what is wrong."""
+    task = data.get("task")
+    if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
+        return True
+    try:
+        return frame_of(task, settings.learning.video_key, settings.learning.frame_key) is not None
+    except VideoFrameError:
+        return True
 
 
 # ------------------------------------------------------------------------------ counters

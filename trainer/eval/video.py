@@ -118,11 +118,13 @@ def class_masks(sample: Sample) -> dict[str, np.ndarray]:
 
 
 def seeds_of_run(run: list[tuple[int, Sample]]) -> dict[int, list[str]]:
-    """position in the run -> classes first seen there."""
+    """position in the run -> classes first seen there (with a non-empty mask)."""
     seen: set[str] = set()
     out: dict[int, list[str]] = {}
     for position, (_, sample) in enumerate(run):
-        new = sorted({o.class_name for o in sample.objects} - seen)
+        # class_masks, not the object list: a class whose masks are empty here cannot be seeded
+        # here (evaluate_video skips it), so it must stay unseen until a frame that has pixels.
+        new = sorted(set(class_masks(sample)) - seen)
         if new:
             out[position] = new
             seen.update(new)

@@ -7,14 +7,21 @@ or in a thread of the inline server (``rpsam2_backend.queue.propagation``):
 2. find the frames of the task's video (``labelstudio.video_frames``: data keys
    RPSAM2_VIDEO_KEY / RPSAM2_FRAME_KEY, else Cataract-1K / CaDIS file names) and the window of
    up to RPSAM2_PROPAGATE_FRAMES frames after it (and before it with RPSAM2_PROPAGATE_BACKWARD),
-   stopping at the end of the video or at a gap in the frame numbers;
-3. seed SAM2's video predictor with the task's latest annotation's brush regions (one object per
+   stopping at the end of the video, at a gap in the frame numbers, or before a frame a person
+   labelled (their labels are the better seed: submitting them propagates from there);
+3. take the video's lock (``queue.propagation.propagation_video_lock``) and read the project's
+   predictions: a propagation from another frame of the same video runs before or after this
+   part, never beside it, so the later one supersedes the earlier one where both cover a frame;
+4. seed SAM2's video predictor with the task's latest annotation's brush regions (one object per
    region) and track them (``engine.video.tracker``); an object that is lost or whose
    confidence falls below RPSAM2_PROPAGATE_MIN_CONFIDENCE stops being propagated;
-4. upload one prediction per visited frame that nobody annotated yet (``trainer.video.predictions``),
-   in batches of RPSAM2_PSEUDO_BATCH, tagged "propagated from task T (annotation A) by <sam2 config>";
-5. delete the older propagated predictions this one supersedes;
-6. record the outcome in ``MODEL_DIR/propagation_status.json`` (shown by /health).
+5. upload one prediction per visited frame (``trainer.video.predictions``), in batches of
+   RPSAM2_PSEUDO_BATCH, tagged "propagated from task T (annotation A) by <sam2 config>";
+6. delete the older propagated predictions this one supersedes, and release the lock;
+7. record the outcome in ``MODEL_DIR/propagation_status.json`` (shown by /health).
+
+All or nothing for the annotator: a job that fails after uploading some batches deletes what it
+uploaded (the older predictions were not touched yet), so a frame never shows two propagations.
 
 Frames are loaded from Label Studio one at a time, when the tracker reaches them.  Bad input
 (a task that is no video frame, a mask whose size is not the image's, frames of different sizes)
@@ -41,9 +48,17 @@ from rpsam2_backend.engine.video.tracker import VideoEngine, shared_video_engine
 from rpsam2_backend.labelstudio.images import ImageLoader
 from rpsam2_backend.labelstudio.label_config import LabelConfig, parse_label_config
 from rpsam2_backend.labelstudio.tasks import image_url
-from rpsam2_backend.labelstudio.video_frames import FrameTask, propagation_window
+from rpsam2_backend.labelstudio.video_frames import FrameTask, Window, propagation_window
+from rpsam2_backend.queue.propagation import propagation_video_lock
 from trainer.accepted_labels import LabelStudioClient
-from trainer.video.predictions import frame_prediction, is_annotated, latest_mask_annotation, seed_objects, superseded
+from trainer.video.predictions import (
+    SeedObject,
+    frame_prediction,
+    is_annotated,
+    latest_mask_annotation,
+    seed_objects,
+    superseded,
+)
 
 log = logging.getLogger("trainer.video")
 
@@ -133,7 +148,7 @@ def _run(settings: Settings, payload: PropagationPayload, project: str, task: in
     tasks = client.all_tasks(project)
     backward = learning.propagate_frames if learning.propagate_backward else 0
     window = propagation_window(tasks, task, learning.propagate_frames, backward,
-                                learning.video_key, learning.frame_key, _image_url(config))
+                                learning.video_key, learning.frame_key, _image_url(config), is_annotated)
     seed = window.frames[window.seed]
     annotation = latest_mask_annotation(seed.task)
     if annotation is None:
@@ -145,15 +160,44 @@ def _run(settings: Settings, payload: PropagationPayload, project: str, task: in
         return {"status": "skipped", "reason": f"task {task}'s brush regions are empty or unlabelled"}
     engine = engine or _video_engine(settings)
     version = propagation_version(task, annotation.get("id", "?"), engine.config, engine.random_weights)
-    existing = client.predictions(project)  # before ours: what may be superseded
-    _progress(f"propagating {len(objects)} objects of task {task} over {len(window.frames) - 1} frames",
-              video=window.video)
-    log.info("propagating task %s (project %s, video %s): %d objects, %d frames forward, %d backward", task,
-             project, window.video, len(objects), len(window.forward), len(window.backward))
+    # Job ids and inline threads are per task: a seed on another frame of this video may be
+    # propagating now.  Read, upload and supersede under the video's lock, so the later of the two
+    # reads the earlier one's predictions and supersedes them where both cover a frame.
+    with propagation_video_lock(settings, project, window.video):
+        existing = client.predictions(project)  # before ours: what may be superseded
+        _progress(f"propagating {len(objects)} objects of task {task} over {len(window.frames) - 1} frames",
+                  video=window.video)
+        log.info("propagating task %s (project %s, video %s): %d objects, %d frames forward, %d backward", task,
+                 project, window.video, len(objects), len(window.forward), len(window.backward))
+        try:
+            uploaded, scores, stopped = _track_and_upload(client, project, engine, frames, window, objects,
+                                                          version, settings)
+        except Exception:
+            _withdraw(client, project, version, {int(p["id"]) for p in existing if p.get("id") is not None})
+            raise
+        old = superseded(existing, set(uploaded), task)
+        for prediction_id in old:
+            client.delete_prediction(prediction_id)
+    log.info("task %s propagated to %d frames (%d older predictions superseded)", task, len(uploaded), len(old))
+    return {
+        "status": "done", "annotation": annotation.get("id"), "video": window.video, "frame": seed.frame,
+        "model_version": version, "predicted_tasks": uploaded,
+        "scores": scores, "superseded": len(old), "objects": {k: o.label for k, o in objects.items()},
+        "stopped_objects": stopped,
+        "window": {"forward": len(window.forward), "backward": len(window.backward),
+                   "forward_end": window.stopped_forward, "backward_end": window.stopped_backward},
+    }
 
+
+def _track_and_upload(
+    client: LabelStudioClient, project: str, engine: VideoEngine, frames: TaskFrames, window: Window,
+    objects: dict[str, SeedObject], version: str, settings: Settings,
+) -> tuple[list[int], dict[int, float], list[dict[str, Any]]]:
+    """Track the seed objects through the window and upload a prediction per frame, in batches:
+    (predicted task ids, their scores, the objects that stopped and where)."""
+    learning = settings.learning
     pending: list[dict] = []
     uploaded: list[int] = []
-    annotated: list[int] = []
     scores: dict[int, float] = {}
     stopped: list[dict[str, Any]] = []
     batch = max(1, learning.pseudo_batch)
@@ -161,36 +205,41 @@ def _run(settings: Settings, payload: PropagationPayload, project: str, task: in
         frames, window.seed, {o.region_id: o.mask for o in objects.values()}, len(window.forward),
         len(window.backward), learning.propagate_min_confidence, learning.propagate_offload_state,
     )
-    for frame in tracked:
-        target = window.frames[frame.index]
-        for region_id, track in frame.objects.items():
-            if track.stopped:
-                stopped.append({"region": str(region_id), "label": objects[str(region_id)].label,
-                                "task": target.task_id, "frame": target.frame, "distance": frame.distance,
-                                "reason": track.stopped})
-        if is_annotated(target.task):
-            annotated.append(target.task_id)  # a person's label: tracked through, never overwritten
-            continue
-        pending.append(frame_prediction(frame, target.task_id, objects, version))
-        scores[target.task_id] = round(frame.score, 4)
-        if len(pending) >= batch:
-            uploaded += _upload(client, project, pending)
-        _progress(f"{len(uploaded) + len(pending)} frames predicted", frame=target.frame)
+    # The generator holds the engine's lock while suspended: close it when the loop ends, also
+    # when an upload raises, rather than whenever the garbage collector gets to it (the
+    # exception's traceback keeps this frame, and so the generator, alive).
+    with contextlib.closing(tracked):
+        for frame in tracked:
+            target = window.frames[frame.index]
+            for region_id, track in frame.objects.items():
+                if track.stopped:
+                    stopped.append({"region": str(region_id), "label": objects[str(region_id)].label,
+                                    "task": target.task_id, "frame": target.frame, "distance": frame.distance,
+                                    "reason": track.stopped})
+            pending.append(frame_prediction(frame, target.task_id, objects, version))
+            scores[target.task_id] = round(frame.score, 4)
+            if len(pending) >= batch:
+                uploaded += _upload(client, project, pending)
+            _progress(f"{len(uploaded) + len(pending)} frames predicted", frame=target.frame)
     uploaded += _upload(client, project, pending)
+    return uploaded, scores, stopped
 
-    old = superseded(existing, set(uploaded), task)
-    for prediction_id in old:
-        client.delete_prediction(prediction_id)
-    log.info("task %s propagated to %d frames (%d annotated skipped, %d older predictions superseded)",
-             task, len(uploaded), len(annotated), len(old))
-    return {
-        "status": "done", "annotation": annotation.get("id"), "video": window.video, "frame": seed.frame,
-        "model_version": version, "predicted_tasks": uploaded, "annotated_tasks": annotated,
-        "scores": scores, "superseded": len(old), "objects": {k: o.label for k, o in objects.items()},
-        "stopped_objects": stopped,
-        "window": {"forward": len(window.forward), "backward": len(window.backward),
-                   "forward_end": window.stopped_forward, "backward_end": window.stopped_backward},
-    }
+
+def _withdraw(client: LabelStudioClient, project: str, version: str, before: set[int]) -> None:
+    """Delete the predictions a failed run uploaded (those with its model_version that were not
+    there before it), so the annotator sees the older propagation whole, not half of each.  A
+    batch whose upload raised may still have been stored, hence a fresh read rather than the list
+    of uploaded tasks.  Best effort: the job's own error is the one to report."""
+    try:
+        ours = [int(p["id"]) for p in client.predictions(project)
+                if p.get("model_version") == version and p.get("id") is not None and int(p["id"]) not in before]
+        for prediction_id in ours:
+            client.delete_prediction(prediction_id)
+    except Exception:
+        log.warning("could not delete the predictions of the failed propagation %r", version, exc_info=True)
+        return
+    if ours:
+        log.info("failed propagation %r: its %d uploaded predictions deleted", version, len(ours))
 
 
 def _upload(client: LabelStudioClient, project: str, pending: list[dict]) -> list[int]:

@@ -18,8 +18,10 @@ Confidence (per frame and object), from SAM2's own signals:
 
 An object stops being propagated after the frame where it is lost (object score <= 0) or its
 confidence falls below ``min_confidence``: that frame still carries it (with its low confidence,
-and ``ObjectTrack.stopped`` saying why), later frames of the same pass do not.  When every object
-has stopped, the pass ends.  The confidence is uncalibrated (no labelled video was available when
+and ``ObjectTrack.stopped`` saying why), later frames of the same pass do not, and their score is
+capped at that confidence (``PropagatedFrame.ceiling``): a frame missing an object is no better
+than the frame where it was dropped, so sorting by score still shows it.  When every object has
+stopped, the pass ends.  The confidence is uncalibrated (no labelled video was available when
 it was chosen); it orders frames for review, it does not promise an IoU.
 
 Limits (sam2 1.1.0, documented in README "Label a video"):
@@ -91,11 +93,15 @@ class PropagatedFrame:
     index: int  # position in the given frames
     distance: int  # frames from the seed: +k forward, -k backward
     objects: dict[Hashable, ObjectTrack] = field(default_factory=dict)
+    ceiling: float = 1.0  # lowest confidence of the objects that stopped on this or an earlier frame of the pass
 
     @property
     def score(self) -> float:
-        """The lowest confidence of the frame's objects: a frame is as trustworthy as its worst object."""
-        return min((o.confidence for o in self.objects.values()), default=0.0)
+        """The lowest confidence of the frame's objects, and of those it misses because they stopped
+        earlier: a frame is as trustworthy as its worst object."""
+        if not self.objects:
+            return 0.0
+        return min(self.ceiling, *(o.confidence for o in self.objects.values()))
 
 
 class VideoEngine:
@@ -207,6 +213,7 @@ class VideoEngine:
         reverse = direction < 0
         previous = dict(seed_areas)
         active = list(state["obj_ids"])
+        ceiling = 1.0
         with torch.inference_mode(), self._context():
             self.predictor.propagate_in_video_preflight(state)
         for step in range(1, count + 1):
@@ -231,9 +238,10 @@ class VideoEngine:
                     stopped = f"confidence {conf:.3f} < {min_confidence:g}"
                 if stopped:
                     active.remove(obj_id)
+                    ceiling = min(ceiling, conf)
                 objects[obj_id] = ObjectTrack(mask, score, iou, area, ratio, conf, stopped)
                 previous[obj_id] = area
-            yield PropagatedFrame(frame_idx, direction * step, objects)
+            yield PropagatedFrame(frame_idx, direction * step, objects, ceiling)
 
 
 _shared: dict[tuple[str, str | None, str, int], VideoEngine] = {}

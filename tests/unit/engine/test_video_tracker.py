@@ -83,7 +83,39 @@ def test_a_lost_object_stops_while_the_others_go_on(video_engine, monkeypatch):
     assert frames[1].objects["a"].confidence == 0.0 and frames[1].score == 0.0
     assert not frames[1].objects["a"].mask.any()
     assert [set(f.objects) for f in frames] == [{"a", "b"}, {"a", "b"}, {"b"}, {"b"}]
-    assert frames[3].score == pytest.approx(0.9 / (1 + math.exp(-4.0)))
+    assert frames[0].score == pytest.approx(0.9 / (1 + math.exp(-4.0)))
+    # 'b' alone looks fine on frames 3 and 4, but 'a' is missing there: scored like the frame that lost it
+    assert frames[2].objects["b"].confidence == pytest.approx(0.9 / (1 + math.exp(-4.0)))
+    assert [f.score for f in frames[2:]] == [0.0, 0.0]
+
+
+def test_frames_after_a_drifting_object_stops_score_no_higher_than_its_last_confidence(video_engine, monkeypatch):
+    """'a' drifts on frame 3 (predicted IoU 0.3: below the threshold); 'b' stays sure throughout."""
+
+    def fake_track(predictor, state, frame_idx, obj_idxs, reverse):
+        out = {}
+        for obj_idx in obj_idxs:
+            logits = torch.full((96, 128), 5.0)
+            logits[:, 64:] = -5.0
+            out[obj_idx] = (logits, 4.0, 0.3 if obj_idx == 0 and frame_idx == 3 else 0.9)
+        return out
+
+    monkeypatch.setattr(tracker, "track_frame", fake_track)
+    images, _ = moving_clip(6)
+    half = np.zeros((96, 128), bool)
+    half[:, :64] = True
+    frames = list(video_engine.propagate(images, 1, {"a": half, "b": half}, forward=4, backward=1,
+                                         min_confidence=0.5))
+    assert [(f.index, set(f.objects)) for f in frames] == [
+        (2, {"a", "b"}), (3, {"a", "b"}), (4, {"b"}), (5, {"b"}), (0, {"a", "b"})]
+    drifted = frames[1].objects["a"].confidence
+    sure = 0.9 / (1 + math.exp(-4.0))
+    assert frames[1].objects["a"].stopped.startswith("confidence ")
+    assert drifted == pytest.approx(0.3 / (1 + math.exp(-4.0)))
+    assert all(f.objects["b"].confidence == pytest.approx(sure) for f in frames)
+    # frames 4 and 5 miss 'a': scored like the frame where it stopped, not by 'b' alone; the
+    # backward pass tracks 'a' again from the seed and is scored by its own objects
+    assert [f.score for f in frames] == pytest.approx([sure, drifted, drifted, drifted, sure])
 
 
 def test_bad_input_is_refused_with_a_message(video_engine):

@@ -88,6 +88,21 @@ def test_window_takes_n_frames_each_way_and_stops_at_the_end_or_a_gap():
     assert window.stopped_backward == "gap in the frame numbers after frame 450 (next is frame 270, step 90)"
 
 
+def test_window_ends_before_the_next_labelled_frame_each_way():
+    tasks = _tasks({101: 1, 102: 2, 103: 3, 104: 4, 105: 5, 106: 6})
+    labelled = {101, 104}
+
+    def annotated(task: dict) -> bool:
+        return task["id"] in labelled
+
+    window = propagation_window(tasks, 102, forward=3, backward=3, annotated=annotated)
+    assert [f.task_id for f in window.forward] == [103] and window.stopped_forward == "frame 4 (task 104) is labelled"
+    assert window.backward == [] and window.stopped_backward == "frame 1 (task 101) is labelled"
+    labelled.add(102)  # the seed itself is labelled, of course: it does not stop its own window
+    window = propagation_window(tasks, 104, forward=2, annotated=annotated)
+    assert [f.task_id for f in window.forward] == [105, 106] and window.stopped_forward == "reached 2 frames"
+
+
 def test_window_of_a_task_that_is_no_video_frame_or_not_in_the_project():
     tasks = _tasks({1: 1}) + [{"id": 2, "data": {"image": "/data/upload/1/abc-voc.png"}}]
     with pytest.raises(VideoFrameError, match="task 2 is not a frame of a known video") as err:

@@ -31,6 +31,13 @@ def test_runs_are_cut_at_gaps_and_each_class_is_seeded_where_it_first_appears():
     assert seeds_of_run(runs["case0001"][0]) == {0: ["Tool"], 1: ["Knife"]}
 
 
+def test_a_class_is_seeded_on_the_first_frame_where_its_mask_has_pixels():
+    empty_knife = Sample("/d/case0001_01.png", [ObjectMask("t", "Tool", np.ones((2, 2), bool)),
+                                                 ObjectMask("k", "Knife", np.zeros((2, 2), bool))])
+    run = [(1, empty_knife), (2, _sample("/d/case0001_02.png", ("Tool", "Knife")))]
+    assert seeds_of_run(run) == {0: ["Tool"], 1: ["Knife"]}
+
+
 def test_aggregation_is_mean_over_tracks_per_prompt_then_mean_and_std_across_prompts():
     def row(prompt, d, dsc, hd):
         return VideoScore("m", prompt, "v", "c", 1, 1 + d, d, dsc, hd, False)

@@ -8,6 +8,7 @@ carry, that they are sam2's masks, what they supersede, and how bad input fails.
 from __future__ import annotations
 
 import copy
+import threading
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,6 +17,7 @@ import pytest
 from rpsam2_backend.core.errors import BadRequest
 from rpsam2_backend.core.propagation_status import read_propagation_status
 from rpsam2_backend.core.settings import Settings
+from rpsam2_backend.engine.video.tracker import ObjectTrack, PropagatedFrame
 from rpsam2_backend.labelstudio.brush import mask_to_rle, rle_to_mask
 from rpsam2_backend.labelstudio.video_frames import VideoFrameError
 from rpsam2_backend.web.app import create_app
@@ -103,20 +105,22 @@ def _submit(ls: FakeLabelStudio, frame: int, annotation_id: int, regions: list[d
     return task["id"]
 
 
-def test_predictions_land_on_the_next_unannotated_frames_with_sam2s_masks(ls, tmp_path, video_engine):
+def test_predictions_land_on_the_next_frames_up_to_a_labelled_one_with_sam2s_masks(ls, tmp_path, video_engine):
     seed = _submit(ls, 1, 11, [_region("r-tool", MASKS[0]["Tool"], "Tool"),
                                _region("r-knife", MASKS[0]["Knife"], "Knife")])
-    _submit(ls, 3, 31, [_region("x", MASKS[2]["Tool"], "Tool")])  # a person labelled frame 3 already
-    settings = _settings(tmp_path)
+    _submit(ls, 4, 41, [_region("x", MASKS[3]["Tool"], "Tool")])  # a person labelled frame 4 already
+    settings = _settings(tmp_path, RPSAM2_PROPAGATE_FRAMES="4")
     status = propagate_job({"project": "1", "task": seed, "reason": "ANNOTATION_CREATED"}, settings, video_engine)
 
-    assert status["status"] == "done" and status["predicted_tasks"] == [102, 104]
-    assert status["annotated_tasks"] == [103] and status["window"]["forward_end"] == "reached 3 frames"
-    assert not ls.on(103) and not ls.on(105) and not ls.on(101)
+    # the window ends before the labelled frame: that frame is never tracked, the ones after it
+    # are left to a propagation from the person's own labels
+    assert status["status"] == "done" and status["predicted_tasks"] == [102, 103]
+    assert status["window"]["forward_end"] == "frame 4 (task 104) is labelled"
+    assert not ls.on(104) and not ls.on(105) and not ls.on(101)
     version = "propagated from task 101 (annotation 11) by sam2.1_hiera_t RANDOM-WEIGHTS"
-    (direct,) = video_engine.propagate(IMAGES[:4], 0, {"r-tool": MASKS[0]["Tool"], "r-knife": MASKS[0]["Knife"]},
+    (direct,) = video_engine.propagate(IMAGES[:3], 0, {"r-tool": MASKS[0]["Tool"], "r-knife": MASKS[0]["Knife"]},
                                        forward=1, min_confidence=0.0)
-    for task_id in (102, 104):
+    for task_id in (102, 103):
         (pred,) = ls.on(task_id)
         assert pred["model_version"] == version
         regions = {r["id"]: r for r in pred["result"]}
@@ -135,7 +139,7 @@ def test_predictions_land_on_the_next_unannotated_frames_with_sam2s_masks(ls, tm
         assert status["scores"][task_id] == round(pred["score"], 4)
     assert ls.on(102)[0]["score"] == round(direct.score, 6)
     # frames are fetched one at a time as the tracker reaches them, the seed once
-    assert ls.loads == [f"/data/upload/1/frame{k}.png" for k in (1, 2, 3, 4)]
+    assert ls.loads == [f"/data/upload/1/frame{k}.png" for k in (1, 2, 3)]
 
 
 def test_a_newer_submission_supersedes_older_propagated_predictions(ls, tmp_path, video_engine):
@@ -152,7 +156,7 @@ def test_a_newer_submission_supersedes_older_propagated_predictions(ls, tmp_path
     assert [p["model_version"] for p in ls.on(106)] == ["rpsam2/sam2.1_hiera_t"]
     old_ids = {p["id"] for p in ls.stored if p["task"] in (102, 103)}
 
-    # the annotator moves the region on frame 4 and resubmits frame 1 with only the knife
+    # the annotator resubmits frame 1 with only the knife (a newer annotation of the same task)
     _submit(ls, 1, 12, [_region("r2", MASKS[0]["Knife"], "Knife")], updated="2026-02-01T00:00:00Z")
     second = propagate_job({"project": "1", "task": seed, "reason": "ANNOTATION_UPDATED"}, settings, video_engine)
     assert second["annotation"] == 12 and second["superseded"] == 2 and set(ls.deleted) >= old_ids
@@ -167,6 +171,152 @@ def test_a_newer_submission_supersedes_older_propagated_predictions(ls, tmp_path
     last = health["last_propagation"]["1"]
     assert last["status"] == "done" and last["task"] == seed and last["annotation"] == 12 and last["time"]
     assert read_propagation_status(settings.model.model_dir)["1"]["predicted_tasks"] == [102, 103]
+
+
+def test_a_seed_on_a_later_frame_supersedes_an_earlier_seeds_predictions_on_the_frames_both_cover(
+        ls, tmp_path, video_engine):
+    settings = _settings(tmp_path)
+    first = _submit(ls, 1, 11, [_region("r1", MASKS[0]["Tool"], "Tool")])
+    assert propagate_job({"project": "1", "task": first, "reason": "x"}, settings, video_engine)[
+        "predicted_tasks"] == [102, 103, 104]
+    # the annotator corrects frame 3 (a suggestion from frame 1) and submits it
+    second = _submit(ls, 3, 31, [_region("r3", MASKS[2]["Knife"], "Knife")])
+    status = propagate_job({"project": "1", "task": second, "reason": "x"}, settings, video_engine)
+    assert status["predicted_tasks"] == [104, 105, 106] and status["superseded"] == 1
+
+    def sources(task_id: int) -> list[str]:
+        return [p["model_version"].split(" by ")[0] for p in ls.on(task_id)]
+
+    assert sources(104) == ["propagated from task 103 (annotation 31)"]  # frame 1's is gone
+    assert sources(102) == sources(103) == ["propagated from task 101 (annotation 11)"]  # not covered: kept
+
+
+class GatedEngine:
+    """Stands in for the video engine: carries the seed masks unchanged; the propagation seeded
+    with region ``hold`` waits for ``release`` before its first frame (a slow SAM2)."""
+
+    config = "configs/sam2.1/sam2.1_hiera_t.yaml"
+    random_weights = True
+
+    def __init__(self, hold: str) -> None:
+        self.hold = hold
+        self.inside = threading.Event()
+        self.release = threading.Event()
+
+    def propagate(self, frames, seed, masks, forward, backward=0, min_confidence=0.0, offload_state=False):
+        if self.hold in masks:
+            self.inside.set()
+            assert self.release.wait(60), "never released"
+        for step in range(1, forward + 1):
+            yield PropagatedFrame(seed + step, step, {k: ObjectTrack(m, 3.0, 0.9, int(m.sum()), 1.0, 0.8)
+                                                      for k, m in masks.items()})
+
+
+def test_two_seeds_of_one_video_propagating_at_once_leave_one_prediction_per_frame(ls, tmp_path, monkeypatch):
+    """Frame 1's propagation (102-104) is held while tracking; frame 2's (103-105) starts then.
+    Whatever the order they finish in, frames 103 and 104 end with frame 2's prediction only."""
+    settings = _settings(tmp_path)
+    engine = GatedEngine(hold="r1")
+    second_started = threading.Event()  # the second job is at the video lock, or (unlocked) reads predictions
+    read_predictions = ls.predictions
+    real_lock = getattr(video_job, "propagation_video_lock", None)
+
+    def predictions(project):
+        if threading.current_thread().name == "second":
+            second_started.set()
+        return read_predictions(project)
+
+    def lock(settings, project, video):
+        if threading.current_thread().name == "second":
+            second_started.set()
+        return real_lock(settings, project, video)
+
+    monkeypatch.setattr(ls, "predictions", predictions)
+    monkeypatch.setattr(video_job, "propagation_video_lock", lock, raising=False)
+    errors: list[BaseException] = []
+
+    def run(task_id: int) -> None:
+        try:
+            propagate_job({"project": "1", "task": task_id, "reason": "x"}, settings, engine)
+        except BaseException as exc:  # reported by the assertion below, not lost in the thread
+            errors.append(exc)
+
+    first = threading.Thread(target=run, args=(_submit(ls, 1, 11, [_region("r1", MASKS[0]["Tool"], "Tool")]),),
+                             name="first")
+    first.start()
+    assert engine.inside.wait(60)  # the first has its window (frame 2 unlabelled then) and tracks
+    second = threading.Thread(target=run, args=(_submit(ls, 2, 21, [_region("r2", MASKS[1]["Tool"], "Tool")]),),
+                              name="second")
+    second.start()
+    assert second_started.wait(60)
+    engine.release.set()
+    first.join(60)
+    second.join(60)
+    assert not first.is_alive() and not second.is_alive() and not errors
+
+    def sources(task_id: int) -> list[str]:
+        return [p["model_version"].split(" by ")[0] for p in ls.on(task_id)]
+
+    assert sources(102) == ["propagated from task 101 (annotation 11)"]
+    for task_id in (103, 104, 105):
+        assert sources(task_id) == ["propagated from task 102 (annotation 21)"], task_id
+
+
+class FailingUpload(FakeLabelStudio):
+    """The second upload of a propagation is stored, then its answer is lost (a read timeout)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.uploads = 0
+        self.fail_at: int | None = None
+
+    def import_predictions(self, project, predictions):
+        self.uploads += 1
+        super().import_predictions(project, predictions)
+        if self.uploads == self.fail_at:
+            raise ConnectionError("read timed out")
+
+
+@pytest.fixture
+def failing_ls(monkeypatch) -> FailingUpload:
+    fake = FailingUpload()
+    monkeypatch.setattr(video_job, "_client_and_loader", lambda settings, payload: (fake, fake))
+    return fake
+
+
+def test_a_propagation_that_fails_partway_leaves_the_older_predictions_alone(failing_ls, tmp_path, video_engine):
+    settings = _settings(tmp_path, RPSAM2_PSEUDO_BATCH="1")
+    ls = failing_ls
+
+    def snapshot() -> list[tuple[int, int, str]]:
+        return sorted((p["id"], p["task"], p["model_version"]) for p in ls.stored)
+
+    seed = _submit(ls, 1, 11, [_region("r1", MASKS[0]["Tool"], "Tool")])
+    propagate_job({"project": "1", "task": seed, "reason": "x"}, settings, video_engine)
+    before = snapshot()
+    assert [task for _, task, _ in before] == [102, 103, 104]
+    _submit(ls, 1, 12, [_region("r2", MASKS[0]["Knife"], "Knife")], updated="2026-02-01T00:00:00Z")
+    ls.fail_at = ls.uploads + 2  # the new run's first frame goes up, its second is stored but "fails"
+    with pytest.raises(ConnectionError, match="read timed out"):
+        propagate_job({"project": "1", "task": seed, "reason": "x"}, settings, video_engine)
+    # what the annotator sees: frame 1's older propagation, whole, and none of the failed one
+    assert ls.uploads == 5 and snapshot() == before
+    last = read_propagation_status(settings.model.model_dir)["1"]
+    assert last["status"] == "failed" and "read timed out" in last["reason"]
+
+
+def test_a_failed_upload_frees_the_engine_at_once(failing_ls, tmp_path, video_engine):
+    settings = _settings(tmp_path, RPSAM2_PSEUDO_BATCH="1")
+    failing_ls.fail_at = 2
+    seed = _submit(failing_ls, 1, 11, [_region("r1", MASKS[0]["Tool"], "Tool")])
+    with pytest.raises(ConnectionError) as failure:
+        propagate_job({"project": "1", "task": seed, "reason": "x"}, settings, video_engine)
+    # the traceback (kept here) holds the job's frames: the engine must not wait for them to be collected
+    assert failure.value is not None
+    free = video_engine._lock.acquire(blocking=False)
+    if free:
+        video_engine._lock.release()
+    assert free, "the engine's lock is still held by the suspended propagation"
 
 
 def test_backward_and_the_stop_of_a_drifting_object(ls, tmp_path, video_engine):

@@ -59,3 +59,26 @@ def test_a_submitted_mask_starts_a_propagation_when_frames_are_asked_for(tmp_pat
     no_task = {"annotation": {"id": 41, "project": 5, "result": [BRUSH]}, "project": {"id": 5}}
     assert "propagation" not in on_event("ANNOTATION_CREATED", no_task, SimpleNamespace(settings=on, label_studio=None))
     assert len(started) == 1
+
+
+def test_only_a_video_frame_starts_a_propagation(tmp_path, monkeypatch):
+    started = []
+    monkeypatch.setattr("rpsam2_backend.queue.propagation._start_inline",
+                        lambda s, p: started.append(p["task"]) or {"enqueued": True, "job": "j"})
+    settings = Settings.from_env({"MODEL_DIR": str(tmp_path), "RPSAM2_PROPAGATE_FRAMES": "3",
+                                  "RPSAM2_VIDEO_KEY": "clip", "RPSAM2_FRAME_KEY": "n"})
+    state = SimpleNamespace(settings=settings, label_studio=None)
+
+    def submit(task_id: int, data: dict) -> dict:
+        body = {"annotation": {"id": task_id, "task": task_id, "result": [BRUSH]}, "project": {"id": 5},
+                "task": {"id": task_id, "data": data}}
+        return on_event("ANNOTATION_CREATED", body, state)
+
+    plain = submit(1, {"image": "/data/upload/5/0a1b2c3d-voc.png"})
+    assert plain["propagation"] == {"enqueued": False, "reason": "task 1 is not a video frame"}
+    assert plain["new_labels"] == 1  # still a label for the retrain
+    assert submit(2, {"image": "/data/upload/5/x.png", "clip": "v1", "n": 4})["propagation"]["enqueued"]
+    assert submit(3, {"image": "/data/upload/5/0a1b2c3d-case5013_01.png"})["propagation"]["enqueued"]
+    # half-configured frame keys: the job reports what is missing, so it is started
+    assert submit(4, {"image": "/data/upload/5/x.png", "clip": "v1"})["propagation"]["enqueued"]
+    assert started == [2, 3, 4]
