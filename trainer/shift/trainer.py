@@ -32,9 +32,10 @@ checkpoint with the best validation mDSC is kept (without validation data: the l
 ``cand_dist`` columns: mean Euclidean distance, in normalised image coordinates, of the refined
 clicks to their object's nearest candidate.
 
-Precision: on CUDA the shift block and SAM2's mask decoder run under bf16 autocast (``amp``), and so
-does the encoder of the augmented path; SAM2's point embeddings stay float32 (``SAM2Engine``); the
-losses, validation and candidates are computed in float32.
+Precision: on CUDA the shift block's transformer layers and SAM2's mask decoder run under bf16 autocast
+(``amp``), and so does the encoder of the augmented path; SAM2's point embeddings (``SAM2Engine``) and
+the shift block's head (norm, φ, tanh, σ(s) scaling: ``ShiftBlock.head``) stay float32, so a refined
+point is not rounded to bf16; the losses, validation and candidates are computed in float32.
 
 Determinism: every random draw comes from ``numpy.random.default_rng([seed, ...])`` keyed by
 (epoch) for the order and (step, object) for the clicks, the shift block is initialised under
