@@ -148,10 +148,12 @@ DEFAULT_CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expand
 DEFAULTS: dict[str, object] = {
     "epochs": 50, "batch_size": 4, "points_per_object": 10, "lr": 1e-4, "layers": 6, "eps": 0.005,
     "weight_decay": 0.1, "grad_clip": 0.1, "lr_schedule": "cosine", "outside_loss": "below_half",
-    "augment": False, "scale_init": 0.1, "scale_init_mode": "raw", "sam2_config": None,
+    "augment": False, "scale_init": 0.1, "scale_init_mode": "raw", "sam2_config": None, "train_clicks": "area",
 }
-# The paper's training (§3.2): 1500 epochs, batch 4, lr 1e-4, SAM2's recipe and augmentations, Hiera-L.
-PAPER_PRESET: dict[str, object] = {**DEFAULTS, "epochs": 1500, "augment": True, "sam2_config": HIERA_L}
+# The paper's training (§3.2): 1500 epochs, batch 4, lr 1e-4, SAM2's recipe and augmentations, Hiera-L,
+# the 10 training clicks drawn from each object's grid points.
+PAPER_PRESET: dict[str, object] = {**DEFAULTS, "epochs": 1500, "augment": True, "sam2_config": HIERA_L,
+                                   "train_clicks": "grid"}
 
 
 def positive_int(text: str) -> int:
@@ -198,7 +200,8 @@ def add_training_arguments(run: argparse._ArgumentGroup, epochs_help: str) -> ar
     """The shift-block training flags (``training_config`` reads them, after ``resolve_preset``)."""
     run.add_argument("--paper", action="store_true",
                      help="the paper's setting: batch 4, lr 1e-4 cosine to 1e-5, wd 0.1, clip 0.1, SAM2 "
-                     "augmentations, Hiera-L, the paper's epochs (explicit flags override single values)")
+                     "augmentations, clicks on the grid, Hiera-L, the paper's epochs (explicit flags override single "
+                     "values)")
     length = run.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=positive_int, default=None, help=epochs_help)
     length.add_argument("--steps", type=positive_int, default=None, help="optimiser steps instead of epochs")
@@ -207,6 +210,10 @@ def add_training_arguments(run: argparse._ArgumentGroup, epochs_help: str) -> ar
     run.add_argument("--batch-size", type=positive_int, default=None, help="objects per step (4)")
     run.add_argument("--points-per-object", type=positive_int, default=None,
                      help="random clicks per object per step (10)")
+    run.add_argument("--train-clicks", choices=("area", "grid"), default=None,
+                     help="where the training clicks fall: area = uniform over the object (default); grid = "
+                     "distinct points of its candidate grid (--paper: \"a grid sampling of points in each "
+                     "object and refine 10 random points\")")
     run.add_argument("--lr", type=positive_float, default=None, help="peak learning rate (1e-4)")
     run.add_argument("--lr-schedule", choices=("cosine", "constant"), default=None,
                      help="cosine: SAM2's per-step decay to lr/10 (default); constant")
@@ -282,6 +289,7 @@ def training_config(args: argparse.Namespace):
         steps=args.steps,
         batch_size=args.batch_size,
         points_per_object=args.points_per_object,
+        train_clicks=args.train_clicks,
         lr=args.lr,
         weight_decay=args.weight_decay,
         grad_clip=args.grad_clip,

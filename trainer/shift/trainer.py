@@ -3,9 +3,12 @@
 One optimiser step:
   1. take ``batch_size`` objects (default 4) of a seeded per-epoch permutation of all training
      objects (an epoch = every object once);
-  2. for each object draw ``points_per_object`` (default 10) clicks uniformly inside its ground
-     truth -- a uniformly chosen mask pixel plus a uniform sub-pixel offset, i.e. uniform over the
-     object's area ("the user clicks anywhere on the instrument");
+  2. for each object draw ``points_per_object`` (default 10) clicks: with ``train_clicks="area"``
+     (default) uniformly inside its ground truth -- a uniformly chosen mask pixel plus a uniform
+     sub-pixel offset, i.e. uniform over the object's area ("the user clicks anywhere on the
+     instrument"); with ``"grid"`` (``--paper``) distinct points of the object's grid, the one its
+     candidates come from ("we do a grid sampling of points in each object and refine 10 random
+     points", ``trainer.prompts.grid_clicks``);
   3. refine every click with the shift block (``RPSAM2Predictor.refine``), decode the refined
      clicks with frozen SAM2 in one decoder call per image size, keep the mask SAM2 itself would
      return for one click (``multimask=True``, best predicted IoU: what the backend serves; the
@@ -61,7 +64,7 @@ from rpsam2_backend.engine.predictor import RPSAM2Predictor
 from rpsam2_backend.engine.sam2_engine import SAM2Engine
 from trainer.augment import augment
 from trainer.feature_cache import FeatureCache
-from trainer.prompts import click_points
+from trainer.prompts import click_points, grid_clicks
 from trainer.scores import dice as dice_score
 from trainer.shift.candidates import CandidateSet, grid_dice, grid_points, nearest_candidate_distance
 from trainer.shift.config import TrainConfig
@@ -186,6 +189,15 @@ class ShiftBlockTrainer:
             out.append((terms, refined, n, cands))
         return out
 
+    def draw_clicks(self, obj: TrainObject, index: int) -> np.ndarray:
+        """This step's ``points_per_object`` training clicks (px) on ``obj`` (the ``index``-th training
+        object), by ``train_clicks``: uniform over its area, or distinct points of its grid."""
+        cfg = self.config
+        rng = np.random.default_rng([cfg.seed, self.step, index])
+        if cfg.train_clicks == "grid":
+            return grid_clicks(obj.grid, rng, cfg.points_per_object)
+        return click_points(obj.mask(), rng, cfg.points_per_object)
+
     def train_step(self, clicks: Sequence[np.ndarray] | None = None) -> dict[str, float]:
         """One optimiser step at ``self.step``; returns its logged values.
 
@@ -198,10 +210,7 @@ class ShiftBlockTrainer:
         if cfg.augment:
             objects, features = self.augmented_batch(objects, indices)
         if clicks is None:
-            clicks = [
-                click_points(o.mask(), np.random.default_rng([cfg.seed, self.step, i]), cfg.points_per_object)
-                for o, i in zip(objects, indices, strict=True)
-            ]
+            clicks = [self.draw_clicks(o, i) for o, i in zip(objects, indices, strict=True)]
         elif len(clicks) != len(objects):
             raise ValueError(f"{len(clicks)} click sets for a batch of {len(objects)} objects")
         points = [np.asarray(c, dtype=np.float64).reshape(-1, 2) for c in clicks]

@@ -125,14 +125,17 @@ def test_paper_preset_sets_the_papers_training(tmp_path):
     assert config.augment and config.outside_loss == "below_half" and config.eps == 0.005
     assert (config.alpha, config.beta, config.gamma, config.theta) == (1.0, 0.1, 1.0, 15.0)
     assert (config.shift.layers, config.shift.scale_init, config.shift.scale_init_mode) == (6, 0.1, "raw")
+    assert config.train_clicks == "grid"  # "a grid sampling of points in each object and refine 10 random points"
 
-    args, config, record = config_for("--paper", "--layers", "2", "--no-augment")
+    args, config, record = config_for("--paper", "--layers", "2", "--no-augment", "--train-clicks", "area")
     assert config.shift.layers == 2 and not config.augment and config.epochs == 1500
-    assert record["overrides"] == {"layers": 2, "augment": False}
+    assert config.train_clicks == "area"
+    assert record["overrides"] == {"layers": 2, "augment": False, "train_clicks": "area"}
 
     args, config, record = config_for()  # no preset: the fast defaults (cached path, 50 epochs)
     assert record["preset"] is None and args.sam2_config is None
     assert config.epochs == 50 and not config.augment and config.weight_decay == 0.1 and config.grad_clip == 0.1
+    assert config.train_clicks == "area"
     args, config, _ = config_for("--outside-loss", "always", "--scale-init-mode", "sigma", "--lr-schedule", "constant")
     assert config.outside_loss == "always" and config.lr_schedule == "constant"
     assert config.shift.scale_init_mode == "sigma"

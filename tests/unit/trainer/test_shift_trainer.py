@@ -14,9 +14,9 @@ import torch
 from tests.unit.trainer.support_shift import SMALL_GRID, TWO_LAYERS, train_config, voc_sample
 from trainer.datasets.base import ObjectMask, Sample
 from trainer.prompts import click_points
-from trainer.shift.candidates import CandidateGenerator, GridSpec, nearest_candidate_distance
+from trainer.shift.candidates import CandidateGenerator, GridSpec, grid_points, nearest_candidate_distance
 from trainer.shift.config import TrainConfig
-from trainer.shift.objects import prepare_objects
+from trainer.shift.objects import TrainObject, prepare_objects
 from trainer.shift.trainer import ShiftBlockTrainer
 
 
@@ -143,3 +143,33 @@ def test_augmented_steps_encode_augmented_images_and_find_candidates_on_the_fly(
     row = trainer.train_step()
     assert np.isfinite(row["loss"]) and sam2_engine.encode_count - encodes == 4
     assert trainer.block.phi.weight.grad is not None
+
+
+@pytest.mark.parametrize("mode", ["area", "grid"])
+def test_training_clicks_come_from_the_area_or_the_objects_grid(sam2_engine, voc, mode):
+    """``train_clicks="grid"`` (the paper's "grid sampling of points in each object and refine 10 random
+    points"): a step refines distinct grid points of each object, seeded by (seed, step, object);
+    ``"area"`` draws sub-pixel clicks anywhere on the object."""
+    masks = voc["masks"].astype(bool)
+    mask = masks[int(np.argmax([m.sum() for m in masks]))]
+    grid = grid_points(mask, GridSpec(target_points=64))
+    obj = TrainObject(key="voc/big", class_name="thing", image_hash="voc", orig_hw=mask.shape,
+                      packed_mask=np.packbits(mask.reshape(-1)), grid=grid, candidates_px=grid[:1], best_dice=1.0,
+                      sample=None)
+    config = train_config(None, cache_dir=None, steps=2, points_per_object=10, val_seeds=0, train_clicks=mode)
+    trainer = ShiftBlockTrainer(sam2_engine, config, [obj], [], features=None)
+    seen = []
+    trainer.forward_objects = lambda objects, points, features=None: seen.append(points) or []
+    trainer.train_step()
+    trainer.train_step()
+    first, second = (np.asarray(p[0]) for p in seen)
+    assert first.shape == (10, 2) and not np.array_equal(first, second)  # new clicks every step
+    on_grid = {tuple(g) for g in grid}
+    cols, rows = np.floor(first).astype(int).T
+    assert mask[rows, cols].all()
+    if mode == "grid":
+        assert all(tuple(p) in on_grid for p in first) and len({tuple(p) for p in first}) == 10
+        trainer.step = 0
+        np.testing.assert_array_equal(trainer.draw_clicks(obj, 0), first)  # seeded by (seed, step, object)
+    else:
+        assert not any(tuple(p) in on_grid for p in first)
