@@ -131,7 +131,7 @@ def test_augmented_steps_encode_augmented_images_and_find_candidates_on_the_fly(
     encodes = sam2_engine.encode_count
     augmented, feats = trainer.augmented_batch([trainer.train_objects[i] for i in trainer.batch_for_step(0)],
                                                trainer.batch_for_step(0))
-    assert sam2_engine.encode_count - encodes == 2
+    assert sam2_engine.encode_count - encodes == 1  # both objects are on one image: one augmented copy
     assert len(feats) == 2 and all(f.image_embed.shape[0] == 1 for f in feats)
     for aug in augmented:
         mask = aug.mask()
@@ -141,8 +141,29 @@ def test_augmented_steps_encode_augmented_images_and_find_candidates_on_the_fly(
     originals = {o.key: o.mask() for o in objects}
     assert any(not np.array_equal(a.mask(), originals[a.key.split("#")[0]]) for a in augmented)
     row = trainer.train_step()
-    assert np.isfinite(row["loss"]) and sam2_engine.encode_count - encodes == 4
+    assert np.isfinite(row["loss"]) and sam2_engine.encode_count - encodes == 2
     assert trainer.block.phi.weight.grad is not None
+
+
+def test_objects_of_one_image_share_one_augmentation(sam2_engine, voc):
+    """SAM2 augments an image together with all its masks: two objects of one image in a batch get the same
+    draw (one augmented image, one encoder run, shared features), not one draw each."""
+    from trainer.augment import augment
+
+    config = train_config(None, cache_dir=None, steps=1, batch_size=2, augment=True, grid=GridSpec(target_points=4),
+                          seed=3)
+    objects = prepare_objects([voc_sample(voc, [0, 1])], None, None)
+    trainer = ShiftBlockTrainer(sam2_engine, config, objects, [], features=None)
+    indices = trainer.batch_for_step(0)
+    batch = [trainer.train_objects[i] for i in indices]
+    encodes = sam2_engine.encode_count
+    augmented, feats = trainer.augmented_batch(batch, indices)
+    assert sam2_engine.encode_count - encodes == 1
+    assert feats[0] is feats[1] and augmented[0].image_hash == augmented[1].image_hash
+    # the masks are the two original masks moved by one draw (seeded by the image's first object)
+    _, expected = augment(voc["rgb"], [o.mask() for o in batch], np.random.default_rng([3, 0, indices[0], 1]))
+    for aug, mask in zip(augmented, expected, strict=True):
+        np.testing.assert_array_equal(aug.mask(), mask)
 
 
 @pytest.mark.parametrize("mode", ["area", "grid"])
