@@ -86,21 +86,41 @@ def add_training_data_arguments(data: argparse._ArgumentGroup) -> argparse._Argu
                       "default 0.2; --paper 0.25: of a Cataract-1K fold's train CSV, 80 %% of the frames, that "
                       "is the paper's 60/20/20 train/val/test)")
     data.add_argument("--fold", type=int, default=None, help="Cataract-1K fold of the split CSVs (default 0)")
+    add_merge_by_class_argument(data)
     return data
 
 
-def load_cli_dataset(args: argparse.Namespace, split: str | None):
-    """``--data`` in ``--format`` (``--fold`` for Cataract-1k), one split or all; UsageError names the flag."""
-    from trainer.datasets import load_dataset
+def add_merge_by_class_argument(data: argparse._ArgumentGroup) -> None:
+    data.add_argument("--merge-by-class", action=argparse.BooleanOptionalAction, default=None,
+                      help="Cataract-1K: all objects of one class in a frame form one object (default: merged, "
+                      "like the dataset's semantic masks; this sets the W. Avg. object counts and what each "
+                      "click is scored against); --no-merge-by-class keeps the Supervisely objects apart")
 
-    path = Path(args.data).expanduser()
-    if not path.exists():
-        raise UsageError(f"--data {path} does not exist")
+
+def dataset_options(args: argparse.Namespace) -> dict:
+    """The loader options the flags set (``--fold``, ``--merge-by-class``); UsageError for another format."""
     options = {}
     if args.fold is not None:
         if args.fmt != "cataract1k":
             raise UsageError("--fold applies to --format cataract1k only")
         options["fold"] = args.fold
+    merge = getattr(args, "merge_by_class", None)
+    if merge is not None:
+        if args.fmt != "cataract1k":
+            raise UsageError("--merge-by-class applies to --format cataract1k only (CaDIS labels are per class)")
+        options["merge_by_class"] = merge
+    return options
+
+
+def load_cli_dataset(args: argparse.Namespace, split: str | None):
+    """``--data`` in ``--format`` (``--fold`` and ``--merge-by-class`` for Cataract-1k), one split or all;
+    UsageError names the flag."""
+    from trainer.datasets import load_dataset
+
+    path = Path(args.data).expanduser()
+    if not path.exists():
+        raise UsageError(f"--data {path} does not exist")
+    options = dataset_options(args)
     try:
         return load_dataset(path, args.fmt, split, **options)
     except (FileNotFoundError, ValueError, KeyError, OSError) as exc:
