@@ -8,7 +8,10 @@ from global random state.
 - ``sample_points`` / ``points_for_protocol``: distinct pixels, the evaluation protocol (§3.3) and the
   validation prompts of shift-block training; the caller adds 0.5 for pixel centres.
 - ``click_points``: continuous clicks uniform over the object's area, the training clicks of the shift
-  block (§3.2) and of SAM2-FT.
+  block (§3.2, ``train_clicks="area"``) and of SAM2-FT.
+- ``grid_clicks``: distinct points of the object's grid (``trainer.shift.candidates.grid_points``), the
+  shift block's training clicks with ``train_clicks="grid"`` ("we do a grid sampling of points in each
+  object and refine 10 random points during training", §3.2).
 """
 
 from __future__ import annotations
@@ -70,3 +73,19 @@ def click_points(mask: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarr
     rows, cols = np.nonzero(mask)
     idx = rng.choice(rows.size, size=n, replace=rows.size < n)
     return np.stack([cols[idx], rows[idx]], axis=1) + rng.random((n, 2))
+
+
+def grid_clicks(grid: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` of an object's grid points (K, 2), drawn uniformly without replacement, as (n, 2) float64.
+
+    A grid with fewer than ``n`` points gives every point once (in random order) and draws the rest
+    again from the grid: the step still refines ``n`` clicks.  Raises ValueError for an empty grid."""
+    grid = np.asarray(grid, dtype=np.float64).reshape(-1, 2)
+    if len(grid) == 0:
+        raise ValueError("cannot draw clicks from an empty grid")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    idx = rng.permutation(len(grid))[:n]
+    if n > len(grid):
+        idx = np.concatenate([idx, rng.choice(len(grid), size=n - len(grid), replace=True)])
+    return grid[idx].copy()

@@ -81,24 +81,46 @@ def add_training_data_arguments(data: argparse._ArgumentGroup) -> argparse._Argu
     data.add_argument("--format", required=True, choices=FORMATS, dest="fmt", help="dataset layout")
     data.add_argument("--train-split", default="train", help="split to train on when the dataset has it")
     data.add_argument("--val-split", default="val", help="split to validate on when the dataset has it")
-    data.add_argument("--val-fraction", type=float, default=0.2,
-                      help="without a validation split: stratified share of the training samples (0: none)")
+    data.add_argument("--val-fraction", type=float, default=None,
+                      help="without a validation split: stratified share of the training samples (0: none; "
+                      "default 0.2; --paper 0.25: of a Cataract-1K fold's train CSV, 80 %% of the frames, that "
+                      "is the paper's 60/20/20 train/val/test)")
     data.add_argument("--fold", type=int, default=None, help="Cataract-1K fold of the split CSVs (default 0)")
+    add_merge_by_class_argument(data)
     return data
 
 
-def load_cli_dataset(args: argparse.Namespace, split: str | None):
-    """``--data`` in ``--format`` (``--fold`` for Cataract-1k), one split or all; UsageError names the flag."""
-    from trainer.datasets import load_dataset
+def add_merge_by_class_argument(data: argparse._ArgumentGroup) -> None:
+    data.add_argument("--merge-by-class", action=argparse.BooleanOptionalAction, default=None,
+                      help="Cataract-1K: all objects of one class in a frame form one object (default: merged, "
+                      "like the dataset's semantic masks; this sets the W. Avg. object counts and what each "
+                      "click is scored against); --no-merge-by-class keeps the Supervisely objects apart")
 
-    path = Path(args.data).expanduser()
-    if not path.exists():
-        raise UsageError(f"--data {path} does not exist")
+
+def dataset_options(args: argparse.Namespace) -> dict:
+    """The loader options the flags set (``--fold``, ``--merge-by-class``); UsageError for another format."""
     options = {}
     if args.fold is not None:
         if args.fmt != "cataract1k":
             raise UsageError("--fold applies to --format cataract1k only")
         options["fold"] = args.fold
+    merge = getattr(args, "merge_by_class", None)
+    if merge is not None:
+        if args.fmt != "cataract1k":
+            raise UsageError("--merge-by-class applies to --format cataract1k only (CaDIS labels are per class)")
+        options["merge_by_class"] = merge
+    return options
+
+
+def load_cli_dataset(args: argparse.Namespace, split: str | None):
+    """``--data`` in ``--format`` (``--fold`` and ``--merge-by-class`` for Cataract-1k), one split or all;
+    UsageError names the flag."""
+    from trainer.datasets import load_dataset
+
+    path = Path(args.data).expanduser()
+    if not path.exists():
+        raise UsageError(f"--data {path} does not exist")
+    options = dataset_options(args)
     try:
         return load_dataset(path, args.fmt, split, **options)
     except (FileNotFoundError, ValueError, KeyError, OSError) as exc:
@@ -110,7 +132,10 @@ def load_training_data(args: argparse.Namespace):
 
     Training uses ``--train-split`` when the dataset has it, else every sample outside the validation
     and ``test`` splits; validation ``--val-split`` when present, else a stratified ``--val-fraction`` of
-    the training samples; ``args.fraction`` (when the command has it) then keeps a stratified share."""
+    the training samples (0.2 unless set, ``resolve_preset`` makes it 0.25 with ``--paper``);
+    ``args.fraction`` (when the command has it) then keeps a stratified share."""
+    if args.val_fraction is None:
+        args.val_fraction = DEFAULTS["val_fraction"]
     if not 0.0 <= args.val_fraction < 1.0:
         raise UsageError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     dataset = load_cli_dataset(args, None)
@@ -134,8 +159,11 @@ def load_training_data(args: argparse.Namespace):
         train, _ = train.stratified_subset(fraction, args.seed)
     if not any(s.objects for s in train):
         raise UsageError(f"no annotated objects to train on in {args.data} ({len(train)} training images)")
-    logging.getLogger(__name__).info("data: %d training images (%s), %d validation images (%s)",
-                                     len(train), train_how, len(val), how)
+    test = len(dataset.splits.get("test", ()))
+    total = len(train) + len(val) + test
+    logging.getLogger(__name__).info(
+        "data: %d training images (%s), %d validation images (%s), %d test images: %.0f/%.0f/%.0f %%",
+        len(train), train_how, len(val), how, test, *(100 * n / max(total, 1) for n in (len(train), len(val), test)))
     return dataset, train, val
 
 
@@ -148,10 +176,15 @@ DEFAULT_CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expand
 DEFAULTS: dict[str, object] = {
     "epochs": 50, "batch_size": 4, "points_per_object": 10, "lr": 1e-4, "layers": 6, "eps": 0.005,
     "weight_decay": 0.1, "grad_clip": 0.1, "lr_schedule": "cosine", "outside_loss": "below_half",
-    "augment": False, "scale_init": 0.1, "scale_init_mode": "raw", "sam2_config": None,
+    "augment": False, "scale_init": 0.1, "scale_init_mode": "raw", "sam2_config": None, "train_clicks": "area",
+    "val_fraction": 0.2,
 }
-# The paper's training (§3.2): 1500 epochs, batch 4, lr 1e-4, SAM2's recipe and augmentations, Hiera-L.
-PAPER_PRESET: dict[str, object] = {**DEFAULTS, "epochs": 1500, "augment": True, "sam2_config": HIERA_L}
+# The paper's training (§3.2): 1500 epochs, batch 4, lr 1e-4, SAM2's recipe and augmentations, Hiera-L,
+# the 10 training clicks drawn from each object's grid points.  §3.1: train/val/test 60/20/20 of the frames;
+# Cataract-1K's fold CSVs give train 80 % / test 20 %, so the validation images are a stratified 25 % of the
+# train CSV (0.25 x 80 % = 20 %).  (Commands without --val-fraction, e.g. the pseudo-study, skip it.)
+PAPER_PRESET: dict[str, object] = {**DEFAULTS, "epochs": 1500, "augment": True, "sam2_config": HIERA_L,
+                                   "train_clicks": "grid", "val_fraction": 0.25}
 
 
 def positive_int(text: str) -> int:
@@ -198,7 +231,8 @@ def add_training_arguments(run: argparse._ArgumentGroup, epochs_help: str) -> ar
     """The shift-block training flags (``training_config`` reads them, after ``resolve_preset``)."""
     run.add_argument("--paper", action="store_true",
                      help="the paper's setting: batch 4, lr 1e-4 cosine to 1e-5, wd 0.1, clip 0.1, SAM2 "
-                     "augmentations, Hiera-L, the paper's epochs (explicit flags override single values)")
+                     "augmentations, clicks on the grid, Hiera-L, the paper's epochs (explicit flags override single "
+                     "values)")
     length = run.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=positive_int, default=None, help=epochs_help)
     length.add_argument("--steps", type=positive_int, default=None, help="optimiser steps instead of epochs")
@@ -207,6 +241,10 @@ def add_training_arguments(run: argparse._ArgumentGroup, epochs_help: str) -> ar
     run.add_argument("--batch-size", type=positive_int, default=None, help="objects per step (4)")
     run.add_argument("--points-per-object", type=positive_int, default=None,
                      help="random clicks per object per step (10)")
+    run.add_argument("--train-clicks", choices=("area", "grid"), default=None,
+                     help="where the training clicks fall: area = uniform over the object (default); grid = "
+                     "distinct points of its candidate grid (--paper: \"a grid sampling of points in each "
+                     "object and refine 10 random points\")")
     run.add_argument("--lr", type=positive_float, default=None, help="peak learning rate (1e-4)")
     run.add_argument("--lr-schedule", choices=("cosine", "constant"), default=None,
                      help="cosine: SAM2's per-step decay to lr/10 (default); constant")
@@ -241,7 +279,7 @@ def add_cache_arguments(model: argparse._ArgumentGroup) -> None:
 def resolve_preset(args: argparse.Namespace, paper: dict[str, object]) -> dict:
     """Fill the knobs of ``DEFAULTS`` in ``args`` from ``paper`` (with ``--paper``) or the defaults; returns
     the run record: preset name, its values and the explicit flags that override them."""
-    preset = paper if args.paper else DEFAULTS
+    preset = {k: v for k, v in (paper if args.paper else DEFAULTS).items() if hasattr(args, k)}
     overrides = {}
     for key, value in preset.items():
         given = getattr(args, key)
@@ -265,7 +303,7 @@ def training_config(args: argparse.Namespace):
     from trainer.shift.candidates import GridSpec
     from trainer.shift.config import TrainConfig
 
-    if not 0.0 <= getattr(args, "val_fraction", 0.0) < 1.0:  # checked again when loading; fail before that
+    if not 0.0 <= (getattr(args, "val_fraction", None) or 0.0) < 1.0:  # checked again when loading; fail first
         raise UsageError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     if args.eps < 0:
         raise UsageError(f"--eps must be >= 0, got {args.eps}")
@@ -282,6 +320,7 @@ def training_config(args: argparse.Namespace):
         steps=args.steps,
         batch_size=args.batch_size,
         points_per_object=args.points_per_object,
+        train_clicks=args.train_clicks,
         lr=args.lr,
         weight_decay=args.weight_decay,
         grad_clip=args.grad_clip,

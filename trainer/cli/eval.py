@@ -25,7 +25,16 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
-from trainer.cli.common import UsageError, add_sam2_arguments, build_engine, int_list, load_cli_dataset, run_cli
+from trainer.cli.common import (
+    UsageError,
+    add_merge_by_class_argument,
+    add_sam2_arguments,
+    build_engine,
+    dataset_options,
+    int_list,
+    load_cli_dataset,
+    run_cli,
+)
 from trainer.datasets import FORMATS
 
 METHOD_NAMES = ("sam2", "rpsam2", "sam2ft")
@@ -47,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--split", default=None,
                       help="split to evaluate (default: test; 'all' for every sample; Label Studio exports have none)")
     data.add_argument("--fold", type=int, default=None, help="Cataract-1K fold of the split CSVs (default 0)")
+    add_merge_by_class_argument(data)
 
     ev = p.add_argument_group("protocol")
     ev.add_argument("--methods", default="sam2,rpsam2", help=f"comma-separated, from {', '.join(METHOD_NAMES)}")
@@ -216,6 +226,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         "data_path": str(Path(args.data).resolve()),
         "format": args.fmt,
         "split": split or "all",
+        "dataset_options": dataset_options(args),
         "command": " ".join(shlex.quote(a) for a in [PROG, *argv]),
     }
     config = EvalConfig(

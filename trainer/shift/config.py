@@ -11,6 +11,11 @@ from trainer.shift.candidates import DEFAULT_EPS, GridSpec
 from trainer.shift.losses import OUTSIDE_MODES
 from trainer.shift.optim import SCHEDULES
 
+# Where the training clicks come from (§3.2, "we do a grid sampling of points in each object and refine
+# 10 random points during training"): "area" = anywhere on the object (uniform over its area, sub-pixel);
+# "grid" = distinct points of the object's candidate grid (the paper's sentence read literally).
+TRAIN_CLICK_MODES = ("area", "grid")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -26,6 +31,7 @@ class TrainConfig:
     steps: int | None = None  # total optimiser steps; overrides epochs when set
     batch_size: int = 4  # objects per step
     points_per_object: int = 10
+    train_clicks: str = "area"  # "area": uniform over the object; "grid": its grid points (--paper)
     lr: float = 1e-4
     weight_decay: float = 0.1  # SAM2's; 0 on biases, norms, positional embeddings, the shift scale
     grad_clip: float = 0.1  # max gradient norm (SAM2's); 0 disables
@@ -69,6 +75,8 @@ class TrainConfig:
             raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}")
         if not 0.0 <= self.lr_final_ratio <= 1.0:
             raise ValueError(f"lr_final_ratio must be in [0, 1], got {self.lr_final_ratio}")
+        if self.train_clicks not in TRAIN_CLICK_MODES:
+            raise ValueError(f"train_clicks must be one of {TRAIN_CLICK_MODES}, got {self.train_clicks!r}")
         if self.outside_loss not in OUTSIDE_MODES:
             raise ValueError(f"outside_loss must be one of {OUTSIDE_MODES}, got {self.outside_loss!r}")
         if self.weight_decay < 0 or self.grad_clip < 0:

@@ -3,9 +3,12 @@
 One optimiser step:
   1. take ``batch_size`` objects (default 4) of a seeded per-epoch permutation of all training
      objects (an epoch = every object once);
-  2. for each object draw ``points_per_object`` (default 10) clicks uniformly inside its ground
-     truth -- a uniformly chosen mask pixel plus a uniform sub-pixel offset, i.e. uniform over the
-     object's area ("the user clicks anywhere on the instrument");
+  2. for each object draw ``points_per_object`` (default 10) clicks: with ``train_clicks="area"``
+     (default) uniformly inside its ground truth -- a uniformly chosen mask pixel plus a uniform
+     sub-pixel offset, i.e. uniform over the object's area ("the user clicks anywhere on the
+     instrument"); with ``"grid"`` (``--paper``) distinct points of the object's grid, the one its
+     candidates come from ("we do a grid sampling of points in each object and refine 10 random
+     points", ``trainer.prompts.grid_clicks``);
   3. refine every click with the shift block (``RPSAM2Predictor.refine``), decode the refined
      clicks with frozen SAM2 in one decoder call per image size, keep the mask SAM2 itself would
      return for one click (``multimask=True``, best predicted IoU: what the backend serves; the
@@ -16,11 +19,13 @@ One optimiser step:
      positional embeddings and the shift scale; gradient norm clipped at 0.1; the lr follows a
      per-step cosine from ``lr`` to ``lr·lr_final_ratio``).
 
-With ``augment`` (the paper's setting) steps 2-4 run on augmented copies: every object's image and mask
-go through SAM2's augmentations (``trainer.augment``, seeded by (seed, step, object)), the augmented
-images of one size are encoded in one encoder call, each augmented object gets its candidate set on
-the fly (all its grid points in one batched decode), and the clicks are drawn inside the augmented
-mask.  Without it, features and candidates come from the caches (the fast path).
+With ``augment`` (the paper's setting) steps 2-4 run on augmented copies: every image of the batch goes
+through SAM2's augmentations (``trainer.augment``) together with the masks of all its objects in the
+batch, as SAM2 augments an image with all its masks (one draw per image, seeded by (seed, step, the
+batch index of its first object)); the augmented images of one size are encoded in one encoder call,
+each augmented object gets its candidate set on the fly (all its grid points in one batched decode),
+and the clicks are drawn inside the augmented mask (or on its grid).  Without it, features and
+candidates come from the caches (the fast path).
 
 Validation (after each epoch, or every ``val_every`` steps; with a ``steps`` budget and no
 ``val_every``, at most 50 times per run): mDSC of single clicks on the validation objects --
@@ -32,9 +37,10 @@ checkpoint with the best validation mDSC is kept (without validation data: the l
 ``cand_dist`` columns: mean Euclidean distance, in normalised image coordinates, of the refined
 clicks to their object's nearest candidate.
 
-Precision: on CUDA the shift block and SAM2's mask decoder run under bf16 autocast (``amp``), and so
-does the encoder of the augmented path; SAM2's point embeddings stay float32 (``SAM2Engine``); the
-losses, validation and candidates are computed in float32.
+Precision: on CUDA the shift block's transformer layers and SAM2's mask decoder run under bf16 autocast
+(``amp``), and so does the encoder of the augmented path; SAM2's point embeddings (``SAM2Engine``) and
+the shift block's head (norm, φ, tanh, σ(s) scaling: ``ShiftBlock.head``) stay float32, so a refined
+point is not rounded to bf16; the losses, validation and candidates are computed in float32.
 
 Determinism: every random draw comes from ``numpy.random.default_rng([seed, ...])`` keyed by
 (epoch) for the order and (step, object) for the clicks, the shift block is initialised under
@@ -60,7 +66,7 @@ from rpsam2_backend.engine.predictor import RPSAM2Predictor
 from rpsam2_backend.engine.sam2_engine import SAM2Engine
 from trainer.augment import augment
 from trainer.feature_cache import FeatureCache
-from trainer.prompts import click_points
+from trainer.prompts import click_points, grid_clicks
 from trainer.scores import dice as dice_score
 from trainer.shift.candidates import CandidateSet, grid_dice, grid_points, nearest_candidate_distance
 from trainer.shift.config import TrainConfig
@@ -185,6 +191,15 @@ class ShiftBlockTrainer:
             out.append((terms, refined, n, cands))
         return out
 
+    def draw_clicks(self, obj: TrainObject, index: int) -> np.ndarray:
+        """This step's ``points_per_object`` training clicks (px) on ``obj`` (the ``index``-th training
+        object), by ``train_clicks``: uniform over its area, or distinct points of its grid."""
+        cfg = self.config
+        rng = np.random.default_rng([cfg.seed, self.step, index])
+        if cfg.train_clicks == "grid":
+            return grid_clicks(obj.grid, rng, cfg.points_per_object)
+        return click_points(obj.mask(), rng, cfg.points_per_object)
+
     def train_step(self, clicks: Sequence[np.ndarray] | None = None) -> dict[str, float]:
         """One optimiser step at ``self.step``; returns its logged values.
 
@@ -197,10 +212,7 @@ class ShiftBlockTrainer:
         if cfg.augment:
             objects, features = self.augmented_batch(objects, indices)
         if clicks is None:
-            clicks = [
-                click_points(o.mask(), np.random.default_rng([cfg.seed, self.step, i]), cfg.points_per_object)
-                for o, i in zip(objects, indices, strict=True)
-            ]
+            clicks = [self.draw_clicks(o, i) for o, i in zip(objects, indices, strict=True)]
         elif len(clicks) != len(objects):
             raise ValueError(f"{len(clicks)} click sets for a batch of {len(objects)} objects")
         points = [np.asarray(c, dtype=np.float64).reshape(-1, 2) for c in clicks]
@@ -229,17 +241,26 @@ class ShiftBlockTrainer:
     def augmented_batch(
         self, objects: Sequence[TrainObject], indices: Sequence[int]
     ) -> tuple[list[TrainObject], list[ImageFeatures]]:
-        """Augmented copies of this step's objects with their features and on-the-fly candidate sets.
+        """Augmented copies of this step's objects with their features (one per object) and on-the-fly
+        candidate sets.
 
-        One encoder call per image size for the whole batch; an object's candidates are all its grid
-        points decoded in one batched call (``candidate_chunk`` prompts per decoder call)."""
+        As in SAM2, an image is augmented together with all its masks: the objects of one image in the
+        batch share one parameter draw (seeded by (seed, step, the batch index of its first object)),
+        one augmented image and its features.  One encoder call per image size for the whole batch; an
+        object's candidates are all its grid points decoded in one batched call (``candidate_chunk``
+        prompts per decoder call)."""
         cfg = self.config
-        images, masks = [], []
-        for o, i in zip(objects, indices, strict=True):
-            rng = np.random.default_rng([cfg.seed, self.step, i, 1])
-            image, (mask,) = augment(o.sample.load_image(), [o.mask()], rng)
+        by_image: dict[str, list[int]] = {}  # image hash -> positions in the batch
+        for pos, o in enumerate(objects):
+            by_image.setdefault(o.image_hash, []).append(pos)
+        images, masks, image_of = [], [None] * len(objects), [0] * len(objects)
+        for members in by_image.values():
+            first = objects[members[0]]
+            rng = np.random.default_rng([cfg.seed, self.step, indices[members[0]], 1])
+            image, moved = augment(first.sample.load_image(), [objects[p].mask() for p in members], rng)
+            for p, mask in zip(members, moved, strict=True):
+                masks[p], image_of[p] = mask, len(images)
             images.append(image)
-            masks.append(mask)
         by_size: dict[tuple[int, ...], list[int]] = {}
         for k, image in enumerate(images):
             by_size.setdefault(image.shape, []).append(k)
@@ -253,17 +274,20 @@ class ShiftBlockTrainer:
                     [t[row : row + 1].float() for t in encoded.high_res_feats],
                     encoded.orig_hw,
                 )
-        out = []
-        for k, (o, mask) in enumerate(zip(objects, masks, strict=True)):
+        out, object_features = [], []
+        for p, (o, mask) in enumerate(zip(objects, masks, strict=True)):
+            feats = features[image_of[p]]
             grid = grid_points(mask, cfg.grid)
-            dice = grid_dice(self.engine, features[k], grid, mask, cfg.candidate_chunk, cfg.multimask)
+            dice = grid_dice(self.engine, feats, grid, mask, cfg.candidate_chunk, cfg.multimask)
             cand = CandidateSet(grid, dice, cfg.eps)
             out.append(TrainObject(
-                key=f"{o.key}#aug{self.step}", class_name=o.class_name, image_hash=f"augmented:{self.step}:{k}",
-                orig_hw=o.orig_hw, packed_mask=np.packbits(mask.reshape(-1)), grid=cand.grid,
-                candidates_px=cand.points, best_dice=cand.best_dice, sample=o.sample,
+                key=f"{o.key}#aug{self.step}", class_name=o.class_name,
+                image_hash=f"augmented:{self.step}:{image_of[p]}", orig_hw=o.orig_hw,
+                packed_mask=np.packbits(mask.reshape(-1)), grid=cand.grid, candidates_px=cand.points,
+                best_dice=cand.best_dice, sample=o.sample,
             ))
-        return out, [f for f in features if f is not None]
+            object_features.append(feats)
+        return out, object_features
 
     def _clip(self) -> float:
         params = [p for p in self.block.parameters() if p.grad is not None]

@@ -20,6 +20,8 @@ Choices the paper leaves open (see README "Method notes"):
 - φ is initialised small (std 1e-2) so an untrained block barely moves points, yet gradients
   reach every layer from the first step.
 - P' is clamped to the image: SAM2 has no meaning for prompts outside it.
+- The head after the transformer layers (norm, φ, tanh, σ(s) scaling) always runs in float32 with
+  autocast off (``head``), so bf16 training and float32 evaluation shift a point alike.
 """
 
 from __future__ import annotations
@@ -126,8 +128,17 @@ class ShiftBlock(nn.Module):
         else:
             for layer in self.layers:
                 query = layer(query, memory)
-        delta = torch.tanh(self.phi(self.norm(query[:, 0])))
-        refined = points + torch.sigmoid(self.scale_logit) * delta
+        return self.head(query[:, 0], points)
+
+    def head(self, token: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """norm -> φ -> tanh -> σ(s) scaling -> clamp (eq. 2) of the (B, dim) point tokens, in float32.
+
+        Autocast is switched off here: under bf16 autocast (training on CUDA) φ and tanh would round
+        the shift to bf16 (~1-2 px on a 1024 frame) while evaluation runs in float32, so training would
+        see other shifts than the ones served."""
+        with torch.autocast(token.device.type, enabled=False):
+            delta = torch.tanh(self.phi(self.norm(token.float())))
+            refined = points.float() + torch.sigmoid(self.scale_logit.float()) * delta
         return refined.clamp(0.0, 1.0)
 
     def num_parameters(self) -> int:

@@ -101,3 +101,24 @@ def test_a_checkpoint_written_before_the_option_keeps_its_meaning(tmp_path, voc_
     pts, emb = torch.rand(3, 2), torch.randn(3, 256)
     with torch.no_grad():
         assert torch.equal(old.eval()(pts, emb, voc_features.image_embed), again(pts, emb, voc_features.image_embed))
+
+
+def test_head_runs_in_float32_under_bf16_autocast():
+    """Training runs the block under bf16 autocast, evaluation in float32: the head (norm -> φ -> tanh ->
+    σ(s) scaling) must give the float32 result in both, or a training shift is rounded by ~1-2 px on a
+    1024 frame.  Without layers the forward pass is the head alone, so it must match float32 exactly."""
+    torch.manual_seed(0)
+    block = ShiftBlock(ShiftBlockConfig(layers=0)).eval()
+    with torch.no_grad():
+        block.phi.weight.normal_(std=0.05)  # a trained-size φ: shifts of hundreds of pixels
+    points, token, image = torch.rand(64, 2), torch.randn(64, 256), torch.randn(1, 256, 64, 64)
+    with torch.no_grad():
+        fp32 = block(points, token, image)
+        head_fp32 = block.head(token.bfloat16().float(), points)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = block(points, token, image)
+            head_mixed = block.head(token.bfloat16(), points)  # the layers' bf16 output under autocast
+    assert (fp32 - points).abs().max() > 0.05  # the head does move points
+    assert mixed.dtype == head_mixed.dtype == torch.float32
+    assert torch.equal(mixed, fp32)
+    assert torch.equal(head_mixed, head_fp32)

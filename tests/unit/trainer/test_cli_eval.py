@@ -83,14 +83,22 @@ def test_cli_on_cataract1k_layout_writes_the_papers_summary_rows_and_a_baseline_
     assert table["methods"] == ["sam2", "tiny2"]
     assert table["objects_per_class"] == {"Gauge": 1, "Spatula": 2}
     cells = {(c["method"], c["row"], c["metric"]): c for c in table["cells"]}
+    differs_from_old = []
     for method in ("sam2", "tiny2"):
         for metric in ("dice", "hd95"):
             stds = {c: cells[(method, c, metric)]["std"] for c in ("Gauge", "Spatula")}
-            per_seed = {c: list(cells[(method, c, metric)]["per_seed"].values()) for c in ("Gauge", "Spatula")}
+            per_seed = {c: [v for _, v in sorted(cells[(method, c, metric)]["per_seed"].items())]
+                        for c in ("Gauge", "Spatula")}
             assert all(stds[c] == pytest.approx(np.std(per_seed[c]), abs=1e-12) for c in stds)
             assert cells[(method, AVG_ROW, metric)]["std"] == pytest.approx((stds["Gauge"] + stds["Spatula"]) / 2)
             assert cells[(method, WEIGHTED_AVG_ROW, metric)]["std"] == pytest.approx(
                 (1 * stds["Gauge"] + 2 * stds["Spatula"]) / 3)
+            for row, weights in ((AVG_ROW, [1, 1]), (WEIGHTED_AVG_ROW, [1, 2])):
+                # the old statistic: the std across seeds of the per-seed (weighted) mean over the classes
+                old = np.std(np.average([per_seed["Gauge"], per_seed["Spatula"]], axis=0, weights=weights))
+                differs_from_old.append(abs(cells[(method, row, metric)]["std"] - old) > 1e-6)
+    # random weights give Dice 0 everywhere (0 == 0 for both statistics): some cell must tell them apart
+    assert any(differs_from_old)
     # the baseline decodes its own masks (other random weights) from its own encoder, on the same points
     rows = read_scores_csv(out / "scores.csv")
     by = {(r["method"], r["seed"], r["sample_id"], r["object_id"]): r for r in rows}

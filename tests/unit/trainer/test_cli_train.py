@@ -107,6 +107,31 @@ def test_cli_split_selection_never_trains_on_val_or_test(tmp_path):
     assert (train, val) == (["frame0", "frame1", "frame4"], [])
 
 
+def test_paper_preset_splits_60_20_20_of_the_whole(tmp_path):
+    """§3.1: train/val/test 60/20/20.  Without a validation split the paper preset carves 25 % of the training
+    samples (80 % of the frames when the test split holds 20 %), the default 20 % of them (64/16/20)."""
+    from trainer.cli.common import PAPER_PRESET, resolve_preset
+    from trainer.cli.train import _load_data, build_parser
+
+    _folder_dataset(tmp_path / "data", n_images=20)
+    (tmp_path / "data" / "splits").mkdir()
+    (tmp_path / "data" / "splits" / "test.txt").write_text("".join(f"frame{i}\n" for i in range(16, 20)))
+
+    def sizes(*extra):
+        args = build_parser().parse_args(["--data", str(tmp_path / "data"), "--format", "folder", "--out", "x",
+                                          "--cache-dir", "none", *extra])
+        record = resolve_preset(args, PAPER_PRESET)
+        train, val = _load_data(args)
+        assert not {s.sample_id for s in val} & {s.sample_id for s in train}
+        return (len(train), len(val)), record
+
+    (paper, record) = sizes("--paper")
+    assert paper == (12, 4) and record["preset_values"]["val_fraction"] == 0.25  # 60/20/20 with the 4 test frames
+    assert sizes()[0] == (13, 3)  # round(0.2 x 16): 65/15/20
+    (explicit, record) = sizes("--paper", "--val-fraction", "0.2")
+    assert explicit == (13, 3) and record["overrides"] == {"val_fraction": 0.2}
+
+
 def test_paper_preset_sets_the_papers_training(tmp_path):
     from trainer.cli.common import HIERA_L, PAPER_PRESET, resolve_preset
     from trainer.cli.train import _config, build_parser
@@ -125,14 +150,17 @@ def test_paper_preset_sets_the_papers_training(tmp_path):
     assert config.augment and config.outside_loss == "below_half" and config.eps == 0.005
     assert (config.alpha, config.beta, config.gamma, config.theta) == (1.0, 0.1, 1.0, 15.0)
     assert (config.shift.layers, config.shift.scale_init, config.shift.scale_init_mode) == (6, 0.1, "raw")
+    assert config.train_clicks == "grid"  # "a grid sampling of points in each object and refine 10 random points"
 
-    args, config, record = config_for("--paper", "--layers", "2", "--no-augment")
+    args, config, record = config_for("--paper", "--layers", "2", "--no-augment", "--train-clicks", "area")
     assert config.shift.layers == 2 and not config.augment and config.epochs == 1500
-    assert record["overrides"] == {"layers": 2, "augment": False}
+    assert config.train_clicks == "area"
+    assert record["overrides"] == {"layers": 2, "augment": False, "train_clicks": "area"}
 
     args, config, record = config_for()  # no preset: the fast defaults (cached path, 50 epochs)
     assert record["preset"] is None and args.sam2_config is None
     assert config.epochs == 50 and not config.augment and config.weight_decay == 0.1 and config.grad_clip == 0.1
+    assert config.train_clicks == "area"
     args, config, _ = config_for("--outside-loss", "always", "--scale-init-mode", "sigma", "--lr-schedule", "constant")
     assert config.outside_loss == "always" and config.lr_schedule == "constant"
     assert config.shift.scale_init_mode == "sigma"
@@ -160,7 +188,7 @@ def test_paper_preset_runs_and_is_written_to_the_runs_json(tmp_path, capsys):
     run = training["run"]
     assert run["preset"] == "paper" and run["preset_values"]["epochs"] == 1500
     assert run["overrides"] == {"sam2_config": "configs/sam2.1/sam2.1_hiera_t.yaml", "batch_size": 1,
-                                "layers": 1, "steps": 1}
+                                "layers": 1, "steps": 1, "val_fraction": 0.0}
     assert run["command"].startswith("rpsam2-train --paper")
     assert training["config"]["augment"] is True and training["config"]["epochs"] == 1500
     assert training["cache"]["candidates_computed"] == 0  # augmented: candidates found per step instead

@@ -150,3 +150,23 @@ def test_cataract1k_missing_split_file_names_the_path(cataract_root: Path):
         load_dataset(cataract_root, "cataract1k", split="train", fold=3)
     with pytest.raises(ValueError, match="unknown Cataract-1K split"):
         load_dataset(cataract_root, "cataract1k", split="validation")
+
+
+@pytest.mark.parametrize("command", ["eval", "train"])
+def test_merge_by_class_flag_of_the_commands_reaches_the_loader(cataract_root: Path, command: str):
+    """``--no-merge-by-class`` (rpsam2-eval and the training commands) keeps Supervisely objects apart; the
+    default and ``--merge-by-class`` merge the objects of one class in a frame."""
+    import importlib
+
+    from trainer.cli.common import UsageError, load_cli_dataset
+
+    parser = importlib.import_module(f"trainer.cli.{command}").build_parser()
+
+    def object_ids(*flags: str, fmt: str = "cataract1k") -> set[str]:
+        args = parser.parse_args(["--data", str(cataract_root), "--format", fmt, "--out", "o", *flags])
+        return set(masks_by_id(load_cli_dataset(args, None)[0]))
+
+    assert object_ids() == object_ids("--merge-by-class") == {"Spatula", "Katena Forceps"}
+    assert object_ids("--no-merge-by-class") == {"Spatula#101", "Katena Forceps#104", "Katena Forceps#105"}
+    with pytest.raises(UsageError, match="cataract1k only"):
+        object_ids("--no-merge-by-class", fmt="folder")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainer.prompts import click_points, points_for_protocol, sample_points, stable_hash
+from trainer.prompts import click_points, grid_clicks, points_for_protocol, sample_points, stable_hash
 
 
 def disc(h, w, cy, cx, r):
@@ -111,3 +111,24 @@ def test_click_points_fall_on_mask_pixels_and_repeat_by_seed():
     single = np.zeros((5, 5), bool)
     single[2, 3] = True
     assert np.floor(click_points(single, np.random.default_rng(0), 4)).tolist() == [[3.0, 2.0]] * 4
+
+
+def test_grid_clicks_are_distinct_grid_points_of_the_object_and_repeat_by_seed():
+    from trainer.shift.candidates import GridSpec, grid_points
+
+    mask = disc(60, 80, 30, 40, 20)
+    grid = grid_points(mask, GridSpec(target_points=64))
+    assert len(grid) > 20
+    pts = grid_clicks(grid, np.random.default_rng([0, 5, 1]), 10)
+    assert pts.shape == (10, 2)
+    on_grid = {tuple(g) for g in grid}
+    assert all(tuple(p) in on_grid for p in pts)  # grid points themselves, no sub-pixel jitter
+    assert len({tuple(p) for p in pts}) == 10  # distinct
+    np.testing.assert_array_equal(pts, grid_clicks(grid, np.random.default_rng([0, 5, 1]), 10))
+    assert not np.array_equal(pts, grid_clicks(grid, np.random.default_rng([0, 6, 1]), 10))
+    # a grid smaller than n: every point once, the rest drawn again from the grid
+    small = grid[:3]
+    few = grid_clicks(small, np.random.default_rng(0), 5)
+    assert {tuple(p) for p in few} == {tuple(g) for g in small} and len(few) == 5
+    with pytest.raises(ValueError, match="empty grid"):
+        grid_clicks(np.zeros((0, 2)), np.random.default_rng(0), 1)

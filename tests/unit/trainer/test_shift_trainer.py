@@ -14,9 +14,9 @@ import torch
 from tests.unit.trainer.support_shift import SMALL_GRID, TWO_LAYERS, train_config, voc_sample
 from trainer.datasets.base import ObjectMask, Sample
 from trainer.prompts import click_points
-from trainer.shift.candidates import CandidateGenerator, GridSpec, nearest_candidate_distance
+from trainer.shift.candidates import CandidateGenerator, GridSpec, grid_points, nearest_candidate_distance
 from trainer.shift.config import TrainConfig
-from trainer.shift.objects import prepare_objects
+from trainer.shift.objects import TrainObject, prepare_objects
 from trainer.shift.trainer import ShiftBlockTrainer
 
 
@@ -131,7 +131,7 @@ def test_augmented_steps_encode_augmented_images_and_find_candidates_on_the_fly(
     encodes = sam2_engine.encode_count
     augmented, feats = trainer.augmented_batch([trainer.train_objects[i] for i in trainer.batch_for_step(0)],
                                                trainer.batch_for_step(0))
-    assert sam2_engine.encode_count - encodes == 2
+    assert sam2_engine.encode_count - encodes == 1  # both objects are on one image: one augmented copy
     assert len(feats) == 2 and all(f.image_embed.shape[0] == 1 for f in feats)
     for aug in augmented:
         mask = aug.mask()
@@ -141,5 +141,56 @@ def test_augmented_steps_encode_augmented_images_and_find_candidates_on_the_fly(
     originals = {o.key: o.mask() for o in objects}
     assert any(not np.array_equal(a.mask(), originals[a.key.split("#")[0]]) for a in augmented)
     row = trainer.train_step()
-    assert np.isfinite(row["loss"]) and sam2_engine.encode_count - encodes == 4
+    assert np.isfinite(row["loss"]) and sam2_engine.encode_count - encodes == 2
     assert trainer.block.phi.weight.grad is not None
+
+
+def test_objects_of_one_image_share_one_augmentation(sam2_engine, voc):
+    """SAM2 augments an image together with all its masks: two objects of one image in a batch get the same
+    draw (one augmented image, one encoder run, shared features), not one draw each."""
+    from trainer.augment import augment
+
+    config = train_config(None, cache_dir=None, steps=1, batch_size=2, augment=True, grid=GridSpec(target_points=4),
+                          seed=3)
+    objects = prepare_objects([voc_sample(voc, [0, 1])], None, None)
+    trainer = ShiftBlockTrainer(sam2_engine, config, objects, [], features=None)
+    indices = trainer.batch_for_step(0)
+    batch = [trainer.train_objects[i] for i in indices]
+    encodes = sam2_engine.encode_count
+    augmented, feats = trainer.augmented_batch(batch, indices)
+    assert sam2_engine.encode_count - encodes == 1
+    assert feats[0] is feats[1] and augmented[0].image_hash == augmented[1].image_hash
+    # the masks are the two original masks moved by one draw (seeded by the image's first object)
+    _, expected = augment(voc["rgb"], [o.mask() for o in batch], np.random.default_rng([3, 0, indices[0], 1]))
+    for aug, mask in zip(augmented, expected, strict=True):
+        np.testing.assert_array_equal(aug.mask(), mask)
+
+
+@pytest.mark.parametrize("mode", ["area", "grid"])
+def test_training_clicks_come_from_the_area_or_the_objects_grid(sam2_engine, voc, mode):
+    """``train_clicks="grid"`` (the paper's "grid sampling of points in each object and refine 10 random
+    points"): a step refines distinct grid points of each object, seeded by (seed, step, object);
+    ``"area"`` draws sub-pixel clicks anywhere on the object."""
+    masks = voc["masks"].astype(bool)
+    mask = masks[int(np.argmax([m.sum() for m in masks]))]
+    grid = grid_points(mask, GridSpec(target_points=64))
+    obj = TrainObject(key="voc/big", class_name="thing", image_hash="voc", orig_hw=mask.shape,
+                      packed_mask=np.packbits(mask.reshape(-1)), grid=grid, candidates_px=grid[:1], best_dice=1.0,
+                      sample=None)
+    config = train_config(None, cache_dir=None, steps=2, points_per_object=10, val_seeds=0, train_clicks=mode)
+    trainer = ShiftBlockTrainer(sam2_engine, config, [obj], [], features=None)
+    seen = []
+    trainer.forward_objects = lambda objects, points, features=None: seen.append(points) or []
+    trainer.train_step()
+    trainer.train_step()
+    first, second = (np.asarray(p[0]) for p in seen)
+    assert first.shape == (10, 2) and not np.array_equal(first, second)  # new clicks every step
+    on_grid = {tuple(g) for g in grid}
+    cols, rows = np.floor(first).astype(int).T
+    assert mask[rows, cols].all()
+    if mode == "grid":
+        assert all(tuple(p) in on_grid for p in first) and len({tuple(p) for p in first}) == 10
+        trainer.step = 0
+        np.testing.assert_array_equal(trainer.draw_clicks(obj, 0), first)  # seeded by (seed, step, object)
+    else:
+        assert not any(tuple(p) in on_grid for p in first)
