@@ -21,6 +21,7 @@ safe loader, with ``LABEL_STUDIO_URL`` and ``LABEL_STUDIO_API_KEY``).
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +32,7 @@ from rpsam2_backend.core.settings import Settings
 from rpsam2_backend.labelstudio.images import ImageLoader
 from rpsam2_backend.labelstudio.label_config import LabelConfig, parse_label_config
 from rpsam2_backend.labelstudio.tasks import image_url
-from rpsam2_backend.labelstudio.video_frames import video_of
+from rpsam2_backend.labelstudio.video_frames import frame_or_none
 from trainer.datasets.base import Dataset, Sample
 from trainer.datasets.labelstudio_export import _timestamp, brush_objects
 from trainer.prompts import stable_hash
@@ -53,6 +54,7 @@ class TaskLabel:
     annotation_id: int
     annotation: dict
     video: str | None = None  # the video the task is a frame of (labelstudio.video_frames), if any
+    frame: int | None = None  # its frame number in that video
 
 
 @dataclass
@@ -127,8 +129,9 @@ def classify_tasks(
         url = annotated_image(task, winner, config) if winner is not None else None
         if winner is None or url is None:
             continue
+        ref = frame_or_none(task, video_keys[0], video_keys[1], url)
         item = TaskLabel(int(task["id"]), url, int(winner.get("id") or 0), winner,
-                         video_of(task, video_keys[0], video_keys[1], url))
+                         ref.video if ref else None, ref.frame if ref else None)
         kinds = _kinds(winner)
         if "brushlabels" in kinds and brush_objects(winner):
             labels.accepted.append(item)
@@ -243,11 +246,16 @@ def split_train_val(items: list[TaskLabel], val_fraction: float) -> tuple[list[T
     A group (a video, or a task that is no video frame) is in validation when a stable hash of its
     key falls below ``val_fraction``; at least one group goes to each side when there are two or
     more.  A task with no video keeps the hash of its id, so projects without videos split as before.
+    A project whose labels are all frames of one video (the usual start of video labelling) cannot
+    hold a video out: its last frames validate instead, one contiguous block, so only the two frames
+    at the boundary are neighbours across the split.
     """
     def key(t: TaskLabel) -> Any:
         return ("rpsam2-val-video", t.video) if t.video is not None else ("rpsam2-val", t.task_id)
 
     groups = sorted({key(t) for t in items}, key=stable_hash)
+    if len(groups) == 1 and len(items) >= 2 and items[0].video is not None:
+        return _split_one_video(items, val_fraction)
     val_keys = {k for k in groups if stable_hash(k) / 2**63 < val_fraction}
     if len(groups) >= 2:
         if not val_keys:
@@ -257,3 +265,10 @@ def split_train_val(items: list[TaskLabel], val_fraction: float) -> tuple[list[T
     train = [t for t in items if key(t) not in val_keys]
     val = [t for t in items if key(t) in val_keys]
     return train, val
+
+
+def _split_one_video(items: list[TaskLabel], val_fraction: float) -> tuple[list[TaskLabel], list[TaskLabel]]:
+    ordered = sorted(items, key=lambda t: (t.frame if t.frame is not None else -1, t.task_id))
+    n_val = min(len(ordered) - 1, max(1, math.ceil(val_fraction * len(ordered))))
+    cut = len(ordered) - n_val
+    return ordered[:cut], ordered[cut:]

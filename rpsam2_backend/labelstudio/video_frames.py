@@ -44,6 +44,9 @@ class VideoFrameError(BackendError):
     status = 422
 
 
+GAP_STOP = "gap in the frame numbers"  # how a window that stopped at a missing frame says so
+
+
 @dataclass(frozen=True)
 class FrameRef:
     video: str
@@ -152,16 +155,15 @@ def frame_of(
     return None
 
 
-def video_of(
+def frame_or_none(
     task: dict[str, Any], video_key: str = "video", frame_key: str = "frame", image_url: str | None = None
-) -> str | None:
-    """The task's video, or None (also for unusable frame data: callers that only group by video
-    must not fail on a task they could not propagate from)."""
+) -> FrameRef | None:
+    """``frame_of``, but None also for unusable frame data: callers that only group by video (the
+    retrain's split) must not fail on a task they could not propagate from."""
     try:
-        ref = frame_of(task, video_key, frame_key, image_url)
+        return frame_of(task, video_key, frame_key, image_url)
     except VideoFrameError:
         return None
-    return ref.video if ref else None
 
 
 def video_step(frames: Iterable[int]) -> int:
@@ -212,7 +214,7 @@ def _walk(
             return taken, "end of the video"
         previous = frames[index - direction]
         if abs(frames[index].frame - previous.frame) != step:
-            return taken, (f"gap in the frame numbers after frame {previous.frame} (next is frame "
+            return taken, (f"{GAP_STOP} after frame {previous.frame} (next is frame "
                            f"{frames[index].frame}, step {step})")
         if annotated is not None and annotated(frames[index].task):
             return taken, f"frame {frames[index].frame} (task {frames[index].task_id}) is labelled"

@@ -1,7 +1,8 @@
 """The one way a video propagation gets run: on the training queue, or (no Redis) in a thread.
 
 A submitted (or updated) frame annotation with brush masks starts a propagation of its masks to
-the neighbouring frames (``trainer.video.job.propagate_job``, named in ``core.names``).  The job
+the neighbouring frames (``trainer.video.job.propagate_job``, named in ``core.names``); an update
+that leaves no masks starts the same job, which then withdraws what the frame had propagated.  The job
 reads the task's *latest* annotation from Label Studio when it starts, so at most one waiting
 job per task is ever needed:
 

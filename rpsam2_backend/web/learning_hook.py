@@ -17,7 +17,9 @@ or without Redis in ``MODEL_DIR/retrain_counts.json``.
 Video: with ``RPSAM2_PROPAGATE_FRAMES`` > 0, a created or updated annotation with brush masks on a
 video frame (``labelstudio.video_frames.frame_of`` of the webhook's task, as the job decides) also
 starts a propagation of its masks to the task's neighbouring frames, on the training queue
-(``queue.propagation.trigger_propagation``); its answer is under ``"propagation"``.
+(``queue.propagation.trigger_propagation``); its answer is under ``"propagation"``.  An update
+that leaves the frame without masks (or skips it) starts the same job, which then deletes the
+frame's earlier propagations.
 """
 
 from __future__ import annotations
@@ -109,9 +111,9 @@ def on_event(event: str | None, data: dict[str, Any], state: WebState) -> dict[s
     label_studio = None if settings.label_studio.url else state.label_studio
     if event == START_EVENT:
         return {"event": event, **trigger_retrain(settings, project, "START_TRAINING", label_studio)}
-    if not counts_as_label(data.get("annotation")):
-        return {"event": event, "enqueued": False, "reason": "annotation is not a usable label"}
     propagation = _propagate(settings, project, data, event, label_studio)
+    if not counts_as_label(data.get("annotation")):
+        return {"event": event, "enqueued": False, "reason": "annotation is not a usable label", **propagation}
     count = _counter(settings).increment(project)
     out = {"event": event, "project": project, "new_labels": count, **propagation}
     if settings.learning.retrain_every <= 0 or count < settings.learning.retrain_every:
@@ -125,11 +127,14 @@ def on_event(event: str | None, data: dict[str, Any], state: WebState) -> dict[s
 def _propagate(
     settings: Settings, project: str, data: dict[str, Any], event: str, label_studio: LabelStudioAccess | None
 ) -> dict[str, Any]:
-    """Start a video propagation of a submitted frame's masks (RPSAM2_PROPAGATE_FRAMES > 0)."""
-    annotation = data.get("annotation") or {}
-    has_masks = any(isinstance(i, dict) and i.get("type") == "brushlabels" for i in annotation.get("result") or [])
+    """Start a video propagation of a submitted frame's masks (RPSAM2_PROPAGATE_FRAMES > 0), or,
+    when an update took the masks away (or skipped the task), the job that withdraws the
+    propagations the frame made before."""
+    annotation = data.get("annotation") if isinstance(data.get("annotation"), dict) else {}
+    has_masks = not annotation.get("was_cancelled") and any(
+        isinstance(i, dict) and i.get("type") == "brushlabels" for i in annotation.get("result") or [])
     task = task_of(data)
-    if settings.learning.propagate_frames <= 0 or not has_masks or task is None:
+    if settings.learning.propagate_frames <= 0 or task is None or not (has_masks or event == "ANNOTATION_UPDATED"):
         return {}
     if not _may_be_video_frame(data, settings):
         # The job would export the project only to fail, and its "failed" would replace the last

@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backward", action="store_true", help="also propagate --count frames before the start frame")
     p.add_argument("--min-confidence", type=float, default=None,
                    help="stop an object below this confidence (default RPSAM2_PROPAGATE_MIN_CONFIDENCE, 0.3)")
+    p.add_argument("--offload-state", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep the tracker's per-frame memories on the CPU, for long videos on a small GPU "
+                   "(default RPSAM2_PROPAGATE_OFFLOAD_STATE)")
     p.add_argument("--out", required=True, help="output folder: OUT/<frame stem>/<LABEL>.png")
     add_sam2_arguments(p.add_argument_group("model"))
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -86,6 +89,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             else args.min_confidence
         if not 0.0 <= min_confidence <= 1.0:
             raise UsageError("--min-confidence must be between 0 and 1")
+        offload_state = settings.learning.propagate_offload_state if args.offload_state is None \
+            else args.offload_state
         engine = build_video_engine(args)
     except ConfigError as exc:
         raise UsageError(str(exc)) from exc
@@ -94,7 +99,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     with tqdm(total=total, desc="propagate", unit="frame", disable=args.no_progress) as bar:
         try:
             result = propagate_folder(engine, args.frames, masks, args.start, args.count, args.out,
-                                      backward=args.backward, min_confidence=min_confidence, progress=bar.update)
+                                      backward=args.backward, min_confidence=min_confidence, progress=bar.update,
+                                      offload_state=offload_state)
         except (ValueError, FileNotFoundError, BackendError) as exc:
             raise UsageError(getattr(exc, "message", None) or str(exc)) from exc
     stopped = [f"{label} at {f['frame']} ({o['stopped']})" for f in result.frames

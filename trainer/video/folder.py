@@ -82,6 +82,7 @@ def propagate_folder(
     backward: bool = False,
     min_confidence: float = 0.0,
     progress: Callable[[int], Any] | None = None,
+    offload_state: bool = False,
 ) -> FolderResult:
     """Propagate ``masks`` (label -> mask file) from frame file ``start`` over ``count`` frames."""
     paths = list_frames(frames_dir)
@@ -99,7 +100,7 @@ def propagate_folder(
     out = Path(out_dir)
     result = FolderResult()
     for frame in engine.propagate(frames, seed, seeds, forward=count, backward=count if backward else 0,
-                                  min_confidence=min_confidence):
+                                  min_confidence=min_confidence, offload_state=offload_state):
         folder = out / paths[frame.index].stem
         folder.mkdir(parents=True, exist_ok=True)
         entry: dict[str, Any] = {"frame": paths[frame.index].name, "distance": frame.distance,

@@ -20,6 +20,9 @@ or in a thread of the inline server (``rpsam2_backend.queue.propagation``):
 6. delete the older propagated predictions this one supersedes, and release the lock;
 7. record the outcome in ``MODEL_DIR/propagation_status.json`` (shown by /health).
 
+A task whose latest annotation has no brush mask any more (masks removed, annotation skipped)
+propagates nothing and its earlier propagations are deleted ("withdrawn").
+
 All or nothing for the annotator: a job that fails after uploading some batches deletes what it
 uploaded (the older predictions were not touched yet), so a frame never shows two propagations.
 
@@ -48,7 +51,7 @@ from rpsam2_backend.engine.video.tracker import VideoEngine, shared_video_engine
 from rpsam2_backend.labelstudio.images import ImageLoader
 from rpsam2_backend.labelstudio.label_config import LabelConfig, parse_label_config
 from rpsam2_backend.labelstudio.tasks import image_url
-from rpsam2_backend.labelstudio.video_frames import FrameTask, Window, propagation_window
+from rpsam2_backend.labelstudio.video_frames import GAP_STOP, FrameTask, Window, propagation_window
 from rpsam2_backend.queue.propagation import propagation_video_lock
 from trainer.accepted_labels import LabelStudioClient
 from trainer.video.predictions import (
@@ -152,12 +155,14 @@ def _run(settings: Settings, payload: PropagationPayload, project: str, task: in
     seed = window.frames[window.seed]
     annotation = latest_mask_annotation(seed.task)
     if annotation is None:
-        return {"status": "skipped", "reason": f"task {task}'s latest annotation has no brush mask"}
+        return _withdraw_source(client, settings, project, task, window.video,
+                                f"task {task}'s latest annotation has no brush mask")
     frames = TaskFrames(window.frames, loader)
     height, width = frames[window.seed].shape[:2]
     objects = {o.region_id: o for o in seed_objects(annotation, height, width, task)}
     if not objects:
-        return {"status": "skipped", "reason": f"task {task}'s brush regions are empty or unlabelled"}
+        return _withdraw_source(client, settings, project, task, window.video,
+                                f"task {task}'s brush regions are empty or unlabelled")
     engine = engine or _video_engine(settings)
     version = propagation_version(task, annotation.get("id", "?"), engine.config, engine.random_weights)
     # Job ids and inline threads are per task: a seed on another frame of this video may be
@@ -179,7 +184,13 @@ def _run(settings: Settings, payload: PropagationPayload, project: str, task: in
         for prediction_id in old:
             client.delete_prediction(prediction_id)
     log.info("task %s propagated to %d frames (%d older predictions superseded)", task, len(uploaded), len(old))
+    # A missing frame task (an import that skipped some) cuts the window short; the annotator
+    # should hear it in the status, not find it in the window's details.
+    gaps = [f"{side} propagation stopped early: {why}"
+            for side, why in (("forward", window.stopped_forward), ("backward", window.stopped_backward))
+            if why.startswith(GAP_STOP)]
     return {
+        **({"warning": "; ".join(gaps)} if gaps else {}),
         "status": "done", "annotation": annotation.get("id"), "video": window.video, "frame": seed.frame,
         "model_version": version, "predicted_tasks": uploaded,
         "scores": scores, "superseded": len(old), "objects": {k: o.label for k, o in objects.items()},
@@ -240,6 +251,21 @@ def _withdraw(client: LabelStudioClient, project: str, version: str, before: set
         return
     if ours:
         log.info("failed propagation %r: its %d uploaded predictions deleted", version, len(ours))
+
+
+def _withdraw_source(client: LabelStudioClient, settings: Settings, project: str, task: int, video: str,
+                     reason: str) -> dict[str, Any]:
+    """The task has no masks to propagate any more (removed, or the annotation skipped): its earlier
+    propagations would go on suggesting the removed objects on the neighbouring frames, so they go."""
+    with propagation_video_lock(settings, project, video):
+        old = superseded(client.predictions(project), set(), task)
+        for prediction_id in old:
+            client.delete_prediction(prediction_id)
+    if not old:
+        return {"status": "skipped", "reason": reason, "video": video}
+    log.info("task %s has no masks now: its %d propagated predictions deleted", task, len(old))
+    return {"status": "withdrawn", "reason": f"{reason}; its {len(old)} propagated predictions were deleted",
+            "video": video, "withdrawn": len(old)}
 
 
 def _upload(client: LabelStudioClient, project: str, pending: list[dict]) -> list[int]:

@@ -115,3 +115,15 @@ def test_a_submitted_frame_is_propagated_to_the_next_three_frames(video_stack, t
     assert sorted(p["task"] for p in again) == tasks[1:4]
     last = _wait_for(lambda: _last_done(stack, project, "ANNOTATION_UPDATED"), 60, stack, "no finished update")
     assert last["superseded"] == 3 and last["predicted_tasks"] == tasks[1:4]
+
+    # The annotator removes frame 1's mask: what it propagated is withdrawn, not left behind
+    ls.api.request("PATCH", f"/api/annotations/{annotation['id']}", json={"result": []})
+    _wait_for(lambda: not ls.api.list_predictions(project_id=project), 300, stack,
+              "removing the mask did not withdraw the propagated predictions")
+
+    def withdrawn() -> dict | None:
+        last = (backend_health(stack.backend_url) or {}).get("last_propagation", {}).get(str(project))
+        return last if last and last["status"] == "withdrawn" else None
+
+    last = _wait_for(withdrawn, 60, stack, "/health does not show the withdrawal")
+    assert last["task"] == tasks[0] and last["withdrawn"] == 3

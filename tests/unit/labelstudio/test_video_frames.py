@@ -9,8 +9,8 @@ from rpsam2_backend.labelstudio.video_frames import (
     VideoFrameError,
     frame_from_file_name,
     frame_of,
+    frame_or_none,
     propagation_window,
-    video_of,
     video_step,
     video_tasks,
 )
@@ -46,7 +46,8 @@ def test_data_keys_win_over_file_names_and_bad_values_are_named():
     with pytest.raises(VideoFrameError, match="is not an integer"):
         frame_of({"id": 8, "data": {"video": "v", "frame": 2.5}})
     assert frame_of({"id": 9, "data": {"video": 3, "frame": 4.0}}) == FrameRef("3", 4)
-    assert video_of({"id": 6, "data": {"video": "v", "frame": "seven"}}) is None  # lenient for grouping
+    assert frame_or_none({"id": 6, "data": {"video": "v", "frame": "seven"}}) is None  # lenient for grouping
+    assert frame_or_none({"id": 6, "data": {"video": "v", "frame": "7"}}) == FrameRef("v", 7)
 
 
 def _tasks(frames: dict[int, int], video: str = "v") -> list[dict]:

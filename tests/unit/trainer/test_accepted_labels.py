@@ -105,3 +105,21 @@ def test_tasks_without_video_split_as_before_by_task_id():
 
     expected_val = {i for i in range(1, 21) if stable_hash(("rpsam2-val", i)) / 2**63 < 0.25}
     assert {t.task_id for t in val} == expected_val and len(train) + len(val) == 20
+
+
+def test_frames_of_a_single_video_split_into_a_training_block_and_a_later_validation_block():
+    mask = np.ones((4, 4), bool)
+    frames = [7, 2, 19, 4, 11, 5, 13, 1]  # task order is not frame order
+    tasks = [{"id": 50 + i, "data": {"image": f"/v/{f}.png", "video": "case5013", "frame": f},
+              "annotations": [_ann(50 + i, [_brush(mask)], "2024-01-01T00:00:00Z")]}
+             for i, f in enumerate(frames)]
+    labels = classify_tasks("7", tasks, CONFIG)
+    assert sorted(t.frame for t in labels.accepted) == sorted(frames)
+    train, val = split_train_val(labels.accepted, 0.25)
+    assert [t.frame for t in train] == [1, 2, 4, 5, 7, 11]  # ceil(0.25 * 8) = 2 last frames validate
+    assert [t.frame for t in val] == [13, 19]
+    two_train, two_val = split_train_val(labels.accepted[:2], 0.0)  # never an empty side
+    assert len(two_train) == 1 and len(two_val) == 1
+    assert two_train[0].frame < two_val[0].frame
+    all_val = split_train_val(labels.accepted, 1.0)
+    assert len(all_val[0]) == 1 and len(all_val[1]) == 7

@@ -98,3 +98,30 @@ def test_usage_errors_exit_2_with_one_line(clip, capsys, change, message):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("rpsam2-propagate: error: ") and message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(("flag", "env", "expected"), [
+    ([], "0", False), (["--offload-state"], "0", True), ([], "1", True), (["--no-offload-state"], "1", False),
+])
+def test_offload_state_comes_from_the_flag_or_the_setting_and_leaves_the_masks_alone(
+        clip, monkeypatch, flag, env, expected):
+    root, _, _ = clip
+    monkeypatch.setenv("RPSAM2_PROPAGATE_OFFLOAD_STATE", env)
+    seen: list[bool] = []
+    real = tracker.new_state
+
+    def recording(predictor, images, offload):
+        seen.append(offload)
+        return real(predictor, images, offload)
+
+    monkeypatch.setattr(tracker, "new_state", recording)
+    outs = []
+    for name, extra in (("plain", ["--no-offload-state"]), ("asked", flag)):
+        outs.append(root / name)
+        assert cli.main(["--frames", str(root / "frames"), "--mask", f"Tool={root / 'Tool.png'}", "--start", "frame_3",
+                         "--count", "2", "--min-confidence", "0", "--out", str(outs[-1]), "--no-progress",
+                         *extra, *MODEL]) == 0
+    assert seen == [False, expected]
+    for frame in ("frame_4", "frame_5"):
+        assert np.array_equal(np.asarray(Image.open(outs[0] / frame / "Tool.png")),
+                              np.asarray(Image.open(outs[1] / frame / "Tool.png")))

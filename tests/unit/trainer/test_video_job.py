@@ -173,6 +173,25 @@ def test_a_newer_submission_supersedes_older_propagated_predictions(ls, tmp_path
     assert read_propagation_status(settings.model.model_dir)["1"]["predicted_tasks"] == [102, 103]
 
 
+def test_removing_a_frames_masks_withdraws_what_it_propagated(ls, tmp_path, video_engine):
+    settings = _settings(tmp_path, RPSAM2_PROPAGATE_FRAMES="2")
+    seed = _submit(ls, 1, 11, [_region("r1", MASKS[0]["Tool"], "Tool")])
+    from_frame4 = {"task": 105, "result": [], "model_version": "propagated from task 104 (annotation 7) by x"}
+    ls.import_predictions("1", [from_frame4])
+    assert propagate_job({"project": "1", "task": seed, "reason": "ANNOTATION_CREATED"}, settings,
+                         video_engine)["predicted_tasks"] == [102, 103]
+
+    # the annotator updates frame 1: the tool was a reflection, no mask is left
+    ls.task(seed)["annotations"][0].update(result=[], updated_at="2026-02-01T00:00:00Z")
+    status = propagate_job({"project": "1", "task": seed, "reason": "ANNOTATION_UPDATED"}, settings, video_engine)
+    assert status["status"] == "withdrawn" and status["withdrawn"] == 2
+    assert "task 101's latest annotation has no brush mask" in status["reason"]
+    assert not ls.on(102) and not ls.on(103)
+    assert [p["model_version"] for p in ls.stored] == [from_frame4["model_version"]]  # another seed's: kept
+    again = propagate_job({"project": "1", "task": seed, "reason": "ANNOTATION_UPDATED"}, settings, video_engine)
+    assert again["status"] == "skipped" and ls.stored == [{"id": 1, **from_frame4}]
+
+
 def test_a_seed_on_a_later_frame_supersedes_an_earlier_seeds_predictions_on_the_frames_both_cover(
         ls, tmp_path, video_engine):
     settings = _settings(tmp_path)
@@ -332,6 +351,19 @@ def test_backward_and_the_stop_of_a_drifting_object(ls, tmp_path, video_engine):
     for task_id in (105, 103):
         (pred,) = ls.on(task_id)
         assert pred["score"] < 0.3
+
+
+def test_a_missing_frame_task_stops_the_propagation_and_the_status_warns(ls, tmp_path, video_engine):
+    ls.tasks = [t for t in ls.tasks if t["id"] != 104]  # frame 4 was never imported
+    seed = _submit(ls, 2, 21, [_region("r1", MASKS[1]["Tool"], "Tool")])
+    status = propagate_job({"project": "1", "task": seed, "reason": "x"}, _settings(tmp_path), video_engine)
+    assert status["status"] == "done" and status["predicted_tasks"] == [103]
+    assert status["warning"] == ("forward propagation stopped early: gap in the frame numbers after frame 3 "
+                                 "(next is frame 5, step 1)")
+    assert not ls.on(105)
+    full = propagate_job({"project": "1", "task": _submit(ls, 5, 51, [_region("r1", MASKS[4]["Tool"], "Tool")]),
+                          "reason": "x"}, _settings(tmp_path), video_engine)
+    assert full["predicted_tasks"] == [106] and "warning" not in full  # the end of the video is no gap
 
 
 def test_bad_input_fails_the_job_with_a_message_and_a_status(ls, tmp_path, video_engine):

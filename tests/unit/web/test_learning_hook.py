@@ -59,6 +59,11 @@ def test_a_submitted_mask_starts_a_propagation_when_frames_are_asked_for(tmp_pat
     no_task = {"annotation": {"id": 41, "project": 5, "result": [BRUSH]}, "project": {"id": 5}}
     assert "propagation" not in on_event("ANNOTATION_CREATED", no_task, SimpleNamespace(settings=on, label_studio=None))
     assert len(started) == 1
+    # an update that takes the masks away, or skips the frame: the job withdraws its propagations
+    for removed in (clicks, skipped, {**body, "annotation": {**body["annotation"], "result": []}}):
+        out = on_event("ANNOTATION_UPDATED", removed, SimpleNamespace(settings=on, label_studio=None))
+        assert out["propagation"] == {"enqueued": True, "job": "j"}
+    assert [p["reason"] for p in started[1:]] == ["ANNOTATION_UPDATED"] * 3
 
 
 def test_only_a_video_frame_starts_a_propagation(tmp_path, monkeypatch):
