@@ -44,7 +44,7 @@ class VideoFrameError(BackendError):
     status = 422
 
 
-GAP_STOP = "gap in the frame numbers"  # how a window that stopped at a missing frame says so
+_GAP_STOP = "gap in the frame numbers"  # how a window that stopped at a missing frame says so
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,12 @@ class Window:
     def backward(self) -> list[FrameTask]:
         """Frames before the seed, nearest first."""
         return self.frames[: self.seed][::-1]
+
+    @property
+    def gaps(self) -> dict[str, str]:
+        """The sides ("forward", "backward") that ended at a gap in the frame numbers, with why."""
+        ends = (("forward", self.stopped_forward), ("backward", self.stopped_backward))
+        return {side: why for side, why in ends if why.startswith(_GAP_STOP)}
 
 
 def _basename_and_dirs(url: str) -> tuple[str, list[str]]:
@@ -214,7 +220,7 @@ def _walk(
             return taken, "end of the video"
         previous = frames[index - direction]
         if abs(frames[index].frame - previous.frame) != step:
-            return taken, (f"{GAP_STOP} after frame {previous.frame} (next is frame "
+            return taken, (f"{_GAP_STOP} after frame {previous.frame} (next is frame "
                            f"{frames[index].frame}, step {step})")
         if annotated is not None and annotated(frames[index].task):
             return taken, f"frame {frames[index].frame} (task {frames[index].task_id}) is labelled"

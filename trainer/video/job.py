@@ -51,7 +51,7 @@ from rpsam2_backend.engine.video.tracker import VideoEngine, shared_video_engine
 from rpsam2_backend.labelstudio.images import ImageLoader
 from rpsam2_backend.labelstudio.label_config import LabelConfig, parse_label_config
 from rpsam2_backend.labelstudio.tasks import image_url
-from rpsam2_backend.labelstudio.video_frames import GAP_STOP, FrameTask, Window, propagation_window
+from rpsam2_backend.labelstudio.video_frames import FrameTask, Window, propagation_window
 from rpsam2_backend.queue.propagation import propagation_video_lock
 from trainer.accepted_labels import LabelStudioClient
 from trainer.video.predictions import (
@@ -186,9 +186,7 @@ def _run(settings: Settings, payload: PropagationPayload, project: str, task: in
     log.info("task %s propagated to %d frames (%d older predictions superseded)", task, len(uploaded), len(old))
     # A missing frame task (an import that skipped some) cuts the window short; the annotator
     # should hear it in the status, not find it in the window's details.
-    gaps = [f"{side} propagation stopped early: {why}"
-            for side, why in (("forward", window.stopped_forward), ("backward", window.stopped_backward))
-            if why.startswith(GAP_STOP)]
+    gaps = [f"{side} propagation stopped early: {why}" for side, why in window.gaps.items()]
     return {
         **({"warning": "; ".join(gaps)} if gaps else {}),
         "status": "done", "annotation": annotation.get("id"), "video": window.video, "frame": seed.frame,

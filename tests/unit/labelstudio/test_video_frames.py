@@ -78,15 +78,18 @@ def test_window_takes_n_frames_each_way_and_stops_at_the_end_or_a_gap():
     assert [f.task_id for f in window.forward] == [105, 106] and window.stopped_forward == "end of the video"
     assert [f.task_id for f in window.backward] == [103, 102] and window.stopped_backward == "reached 2 frames"
     assert [f.frame for f in window.frames] == [2, 3, 4, 5, 6] and window.seed == 2
+    assert window.gaps == {}  # the end of the video is no gap
 
     gappy = _tasks({1: 90, 2: 180, 3: 270, 4: 450, 5: 540})  # 360 is missing
     window = propagation_window(gappy, 2, forward=4, backward=4)
     assert [f.frame for f in window.frames] == [90, 180, 270] and window.step == 90
     assert window.stopped_forward == "gap in the frame numbers after frame 270 (next is frame 450, step 90)"
     assert window.stopped_backward == "end of the video"
+    assert window.gaps == {"forward": window.stopped_forward}
     window = propagation_window(gappy, 4, forward=1, backward=1)
     assert [f.frame for f in window.frames] == [450, 540]
     assert window.stopped_backward == "gap in the frame numbers after frame 450 (next is frame 270, step 90)"
+    assert window.gaps == {"backward": window.stopped_backward}
 
 
 def test_window_ends_before_the_next_labelled_frame_each_way():
