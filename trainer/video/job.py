@@ -178,7 +178,8 @@ def _run(settings: Settings, payload: PropagationPayload, project: str, task: in
             uploaded, scores, stopped = _track_and_upload(client, project, engine, frames, window, objects,
                                                           version, settings)
         except Exception:
-            _withdraw(client, project, version, {int(p["id"]) for p in existing if p.get("id") is not None})
+            before = {int(p["id"]) for p in existing if p.get("id") is not None}
+            _delete_failed_uploads(client, project, version, before)
             raise
         old = superseded(existing, set(uploaded), task)
         for prediction_id in old:
@@ -234,7 +235,7 @@ def _track_and_upload(
     return uploaded, scores, stopped
 
 
-def _withdraw(client: LabelStudioClient, project: str, version: str, before: set[int]) -> None:
+def _delete_failed_uploads(client: LabelStudioClient, project: str, version: str, before: set[int]) -> None:
     """Delete the predictions a failed run uploaded (those with its model_version that were not
     there before it), so the annotator sees the older propagation whole, not half of each.  A
     batch whose upload raised may still have been stored, hence a fresh read rather than the list
